@@ -1,0 +1,39 @@
+# The two commands of the README: `make run` and `make test`.
+# Each installs what is missing (system packages, then .venv) and is safe to repeat.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck system-deps venv clean bench
+
+run: system-deps $(STAMP)
+	$(BIN)/appliance serve
+
+test: system-deps $(STAMP)
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check appliance tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+system-deps:
+	@sh scripts/install-system-deps.sh
+
+venv: $(STAMP)
+
+# torch goes in first, alone: 2.13.0 is the CPU build on this machine; anything
+# installed after it that accepts 2.13.0 leaves it alone (no CUDA download).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

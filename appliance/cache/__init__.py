@@ -1,0 +1,1 @@
+"""The semantic cache: storage (LMDB + audio files), keys, reuse decisions."""

@@ -1,0 +1,347 @@
+"""Cache storage: item metadata and indexes in one LMDB environment, audio as files.
+
+Write order (DESIGN.md): the audio file is written to a temporary name, fsynced and renamed
+into place, then one LMDB transaction adds the item, its exact-index entry and the new
+totals. A crash between the two leaves an orphan file, which the start-up sweep deletes;
+a crash inside the transaction leaves the old state. Audio stays out of LMDB because LMDB
+files never shrink, while deleting a file gives its space back at once.
+
+The environment is shared with other processes (the CLI): LMDB serialises writers, and a
+``generation`` counter bumped by every write lets a reader notice changes made elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from appliance.cache.keys import is_item_key
+from appliance.errors import CacheError, NotFound
+
+log = logging.getLogger(__name__)
+
+_ITEMS = b"items"
+_EXACT = b"exact"
+_META = b"meta"
+_GENERATION = b"generation"
+_TOTAL_BYTES = b"total_bytes"
+_T = TypeVar("_T")
+
+
+@dataclass
+class CacheItem:
+    """Metadata of one cached clip (its audio lives in ``audio/<key>.wav``)."""
+
+    key: str
+    exact_key: str
+    prompt: str
+    model: str
+    duration_s: float
+    requested_duration_s: float
+    is_loop: bool
+    steps: int
+    guidance_scale: float
+    candidates: int
+    seed: int | None
+    sample_rate: int
+    channels: int
+    audio_format: str
+    audio_bytes: int
+    generation_timestamp: float
+    generation_s: float
+    clap_similarity: float | None = None
+    candidate_scores: list[float] = field(default_factory=list)
+    hits: int = 0
+    last_hit_timestamp: float | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | memoryview) -> CacheItem:
+        return cls(**json.loads(bytes(data)))
+
+
+@dataclass(frozen=True)
+class CacheTotals:
+    items: int
+    bytes: int
+    generation: int
+
+
+class CacheStore:
+    """The cache on disk. Thread-safe; safe to share with other processes."""
+
+    def __init__(self, directory: Path, *, map_size_bytes: int = 256 * 1024**2) -> None:
+        self.directory = Path(directory)
+        self.audio_dir = self.directory / "audio"
+        self.audio_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._env = lmdb.open(
+                str(self.directory / "index.lmdb"), map_size=map_size_bytes, max_dbs=8,
+                subdir=True, lock=True,
+            )
+        except lmdb.Error as exc:
+            raise CacheError(f"cannot open the cache at {self.directory}: {exc}") from exc
+        self._env.reader_check()  # readers killed with -9 must not pin old pages
+        self._items = self._env.open_db(_ITEMS)
+        self._exact = self._env.open_db(_EXACT)
+        self._meta = self._env.open_db(_META)
+        self._pending_hits: dict[str, tuple[int, float]] = {}
+        self._hits_lock = threading.Lock()
+        self._closed = False
+
+    # -- reading -----------------------------------------------------------------------
+
+    def lookup_exact(self, exact_key: str) -> CacheItem | None:
+        """The item stored under an exact-match key, if any (one read transaction)."""
+        def read(txn: lmdb.Transaction) -> CacheItem | None:
+            key = txn.get(exact_key.encode(), db=self._exact)
+            raw = txn.get(key, db=self._items) if key else None
+            return CacheItem.from_json(raw) if raw else None
+
+        return self._read(read)
+
+    def get(self, key: str) -> CacheItem:
+        if not is_item_key(key):
+            raise NotFound(f"{key!r} is not a cache key")
+        raw = self._read(lambda txn: txn.get(key.encode(), db=self._items))
+        if raw is None:
+            raise NotFound(f"no cache item {key}")
+        return CacheItem.from_json(raw)
+
+    def items(self) -> list[CacheItem]:
+        def read(txn: lmdb.Transaction) -> list[CacheItem]:
+            return [CacheItem.from_json(v) for _, v in txn.cursor(db=self._items)]
+
+        return self._read(read)
+
+    def totals(self) -> CacheTotals:
+        def read(txn: lmdb.Transaction) -> CacheTotals:
+            return CacheTotals(
+                items=txn.stat(self._items)["entries"],
+                bytes=_int(txn.get(_TOTAL_BYTES, db=self._meta)),
+                generation=_int(txn.get(_GENERATION, db=self._meta)),
+            )
+
+        return self._read(read)
+
+    def audio_path(self, key: str, audio_format: str = "wav") -> Path:
+        if not is_item_key(key):
+            raise NotFound(f"{key!r} is not a cache key")
+        return self.audio_dir / f"{key}.{audio_format}"
+
+    def read_audio(self, item: CacheItem) -> bytes:
+        try:
+            return self.audio_path(item.key, item.audio_format).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(f"audio of cache item {item.key} is gone") from exc
+
+    # -- writing -----------------------------------------------------------------------
+
+    def put(self, item: CacheItem, audio: bytes, *, max_items: int, max_bytes: int) -> list[str]:
+        """Store a clip (file first, then metadata); evict to stay under the caps.
+
+        Returns the keys evicted to make room.
+        """
+        path = self.audio_path(item.key, item.audio_format)
+        _write_file_durably(path, audio)
+        item.audio_bytes = len(audio)
+
+        def write(txn: lmdb.Transaction) -> list[str]:
+            txn.put(item.key.encode(), item.to_json(), db=self._items)
+            # a forced regeneration re-points the exact key; the older item stays until
+            # eviction or maintenance removes it
+            txn.put(item.exact_key.encode(), item.key.encode(), db=self._exact)
+            total = _int(txn.get(_TOTAL_BYTES, db=self._meta)) + item.audio_bytes
+            txn.put(_TOTAL_BYTES, str(total).encode(), db=self._meta)
+            evicted = self._evict_in(txn, max_items, max_bytes, keep=item.key)
+            self._bump_generation(txn)
+            return evicted
+
+        try:
+            evicted = self._write(write)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._unlink_audio(evicted)
+        return evicted
+
+    def delete(self, keys: list[str]) -> int:
+        """Remove items (metadata, index entries, audio). Returns bytes freed."""
+        def write(txn: lmdb.Transaction) -> tuple[int, list[str]]:
+            freed, removed = 0, []
+            for key in keys:
+                item = self._delete_in(txn, key)
+                if item is not None:
+                    freed += item.audio_bytes
+                    removed.append(key)
+            if removed:
+                self._bump_generation(txn)
+            return freed, removed
+
+        freed, removed = self._write(write)
+        self._unlink_audio(removed)
+        return freed
+
+    def record_hit(self, key: str, timestamp: float | None = None) -> None:
+        """Count a hit in memory; :meth:`flush_hits` writes the counts in one transaction."""
+        now = time.time() if timestamp is None else timestamp
+        with self._hits_lock:
+            count, _ = self._pending_hits.get(key, (0, now))
+            self._pending_hits[key] = (count + 1, now)
+
+    def flush_hits(self) -> int:
+        with self._hits_lock:
+            pending, self._pending_hits = self._pending_hits, {}
+        if not pending:
+            return 0
+
+        def write(txn: lmdb.Transaction) -> int:
+            updated = 0
+            for key, (count, last) in pending.items():
+                raw = txn.get(key.encode(), db=self._items)
+                if raw is None:
+                    continue  # removed meanwhile
+                item = CacheItem.from_json(raw)
+                item.hits += count
+                item.last_hit_timestamp = max(last, item.last_hit_timestamp or 0.0)
+                txn.put(key.encode(), item.to_json(), db=self._items)
+                updated += 1
+            return updated
+
+        return self._write(write)
+
+    def sweep(self) -> tuple[int, int]:
+        """Delete audio files no item names and items whose audio is gone.
+
+        Returns ``(orphan_files_removed, broken_items_removed)``.
+        """
+        items = {item.key: item for item in self.items()}
+        orphans = 0
+        for path in self.audio_dir.iterdir():
+            key = path.name.split(".", 1)[0]
+            if path.name.startswith(".tmp-") or key not in items:
+                path.unlink(missing_ok=True)
+                orphans += 1
+        broken = [
+            key for key, item in items.items()
+            if not self.audio_path(key, item.audio_format).is_file()
+        ]
+        if broken:
+            self.delete(broken)
+        if orphans or broken:
+            log.warning("cache sweep", extra={"orphan_files": orphans, "broken_items": len(broken)})
+        return orphans, len(broken)
+
+    def close(self) -> None:
+        if not self._closed:
+            self.flush_hits()
+            self._env.close()
+            self._closed = True
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _evict_in(self, txn: lmdb.Transaction, max_items: int, max_bytes: int, keep: str) -> list[str]:
+        count = txn.stat(self._items)["entries"]
+        total = _int(txn.get(_TOTAL_BYTES, db=self._meta))
+        if count <= max_items and total <= max_bytes:
+            return []
+        candidates = sorted(
+            (CacheItem.from_json(v) for _, v in txn.cursor(db=self._items)), key=_eviction_rank
+        )
+        evicted = []
+        for item in candidates:
+            if count <= max_items and total <= max_bytes:
+                break
+            if item.key == keep:
+                continue
+            self._delete_in(txn, item.key)
+            count, total = count - 1, total - item.audio_bytes
+            evicted.append(item.key)
+        return evicted
+
+    def _delete_in(self, txn: lmdb.Transaction, key: str) -> CacheItem | None:
+        raw = txn.get(key.encode(), db=self._items)
+        if raw is None:
+            return None
+        item = CacheItem.from_json(raw)
+        txn.delete(key.encode(), db=self._items)
+        if txn.get(item.exact_key.encode(), db=self._exact) == key.encode():
+            txn.delete(item.exact_key.encode(), db=self._exact)
+        total = max(0, _int(txn.get(_TOTAL_BYTES, db=self._meta)) - item.audio_bytes)
+        txn.put(_TOTAL_BYTES, str(total).encode(), db=self._meta)
+        return item
+
+    def _bump_generation(self, txn: lmdb.Transaction) -> None:
+        generation = _int(txn.get(_GENERATION, db=self._meta)) + 1
+        txn.put(_GENERATION, str(generation).encode(), db=self._meta)
+
+    def _unlink_audio(self, keys: list[str]) -> None:
+        for key in keys:
+            for path in self.audio_dir.glob(f"{key}.*"):
+                path.unlink(missing_ok=True)
+
+    def _read(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
+        for _ in range(3):
+            try:
+                with self._env.begin() as txn:
+                    return body(txn)
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)  # another process grew the map
+            except lmdb.Error as exc:
+                raise CacheError(f"cache read failed: {exc}") from exc
+        raise CacheError("cache map kept changing size under a read")
+
+    def _write(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
+        for _ in range(8):
+            try:
+                with self._env.begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+            except lmdb.MapFullError:
+                size = self._env.info()["map_size"]
+                log.info("growing the cache map", extra={"map_size": size * 2})
+                self._env.set_mapsize(size * 2)
+            except lmdb.Error as exc:
+                raise CacheError(f"cache write failed: {exc}") from exc
+        raise CacheError("cache write failed: the map could not be grown")
+
+
+def _eviction_rank(item: CacheItem) -> tuple[float, float]:
+    """Least recently used first; a clip of higher quality counts as used more recently.
+
+    Quality (CLAP score in [-1, 1]) shifts the last-use time by up to a day, so among clips
+    used around the same time the worse one goes first.
+    """
+    last_used = item.last_hit_timestamp or item.generation_timestamp
+    quality = item.clap_similarity if item.clap_similarity is not None else 0.0
+    return (last_used + quality * 86_400.0, item.generation_timestamp)
+
+
+def _write_file_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _int(raw: bytes | memoryview | None) -> int:
+    return int(bytes(raw)) if raw else 0

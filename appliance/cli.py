@@ -1,0 +1,188 @@
+"""The ``appliance`` command line: serve, request, status, cache, models.
+
+Every command takes ``--config PATH``; every command that prints results takes ``--json``.
+Exit codes: 0 success, 1 the request or command failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Settings, default_config_path, load_settings
+from appliance.errors import ApplianceError, ConfigError
+from appliance.logs import configure_logging
+from appliance.topics import Topics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config or default_config_path())
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        result: int = args.handler(settings, args)
+        return result
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ApplianceError as exc:
+        _print_error(args, exc.code, exc.message)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML configuration file")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="run the appliance")
+    serve.set_defaults(handler=_serve)
+
+    request = commands.add_parser("request", parents=[common], help="send one prompt, wait for the clip")
+    request.add_argument("prompt")
+    request.add_argument("--duration", type=float, dest="duration_s")
+    request.add_argument("--steps", type=int)
+    request.add_argument("--guidance", type=float, dest="guidance_scale")
+    request.add_argument("--candidates", type=int)
+    request.add_argument("--seed", type=int)
+    request.add_argument("--loop", action="store_true")
+    request.add_argument("--force", action="store_true", help="bypass the cache")
+    request.add_argument("--out", type=Path, help="write the audio to this file")
+    request.add_argument("--timeout", type=float, default=900.0)
+    request.set_defaults(handler=_request)
+
+    status = commands.add_parser("status", parents=[common], help="health of the running appliance")
+    status.set_defaults(handler=_status)
+
+    cache = commands.add_parser("cache", help="inspect and maintain the cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    stats = cache_commands.add_parser("stats", parents=[common], help="items and bytes")
+    stats.set_defaults(handler=_cache_stats)
+
+    models = commands.add_parser("models", help="model files")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    tiny = model_commands.add_parser("build-tiny", parents=[common],
+                                     help="write the tiny random-weight TangoFlux")
+    tiny.add_argument("--out", type=Path, help="directory (default: the configured tiny dir)")
+    tiny.set_defaults(handler=_build_tiny)
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.app import Appliance
+
+    configure_logging(settings.logging.level, settings.logging.format, component="supervisor")
+    return Appliance(settings).run()
+
+
+def _request(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.client import RequestClient
+
+    body: dict[str, Any] = {"prompt": args.prompt}
+    for name in ("duration_s", "steps", "guidance_scale", "candidates", "seed"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    if args.loop:
+        body["loop"] = True
+    if args.force:
+        body["force"] = True
+    body["deliver"] = "mqtt" if args.out else "url"
+    client = RequestClient(settings.broker, Topics.from_settings(settings.node))
+    client.connect()
+    try:
+        reply = client.request(body, timeout_s=args.timeout, want_audio=args.out is not None)
+    finally:
+        client.close()
+    if reply.body.get("status") != "ok":
+        _print_error(args, str(reply.body.get("code")), str(reply.body.get("message")))
+        return 1
+    if args.out is not None:
+        if reply.audio is None:
+            _print_error(args, "no_audio", "the reply came without its audio")
+            return 1
+        args.out.write_bytes(reply.audio)
+    if args.json:
+        print(json.dumps(reply.body, indent=2))
+    else:
+        _print_table("reply", reply.body)
+        if args.out is not None:
+            print(f"wrote {args.out} ({len(reply.audio or b'')} bytes)")
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+    url = f"http://{host}:{settings.http.port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body, ready = json.loads(response.read()), True
+    except urllib.error.HTTPError as exc:
+        body, ready = json.loads(exc.read() or b"{}"), False
+    except OSError as exc:
+        body, ready = {"status": "down", "reasons": [f"no answer at {url}: {exc}"]}, False
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        _print_table("status", body)
+    return 0 if ready else 1
+
+
+def _cache_stats(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.cache.store import CacheStore
+
+    store = CacheStore(settings.cache.dir, map_size_bytes=settings.cache.map_size_bytes)
+    try:
+        totals = store.totals()
+    finally:
+        store.close()
+    body = {"items": totals.items, "bytes": totals.bytes, "generation": totals.generation,
+            "dir": str(settings.cache.dir)}
+    print(json.dumps(body, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in body.items()))
+    return 0
+
+
+def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.models.tiny import build_tiny_tangoflux
+
+    out = args.out or settings.models.dir / "tiny-tangoflux"
+    path = build_tiny_tangoflux(out)
+    print(json.dumps({"path": str(path)}) if args.json else f"tiny TangoFlux written to {path}")
+    return 0
+
+
+def _print_table(title: str, body: dict[str, Any]) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False)
+        for key, value in body.items():
+            table.add_row(str(key), json.dumps(value) if isinstance(value, dict | list) else str(value))
+        Console().print(table)
+    else:
+        for key, value in body.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+
+
+def _print_error(args: argparse.Namespace, code: str, message: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"status": "error", "code": code, "message": message}))
+    else:
+        print(f"error [{code}]: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

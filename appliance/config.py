@@ -1,0 +1,194 @@
+"""Settings: one TOML file plus environment overrides, validated once at start.
+
+The file is ``config/appliance.toml`` (documented key by key); every key can be overridden
+by an environment variable ``APPLIANCE_<SECTION>__<KEY>`` (for example
+``APPLIANCE_BROKER__PORT=1884``). Values from the environment are parsed as TOML values
+when they parse (numbers, booleans, arrays) and taken as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.errors import ConfigError
+
+ENV_PREFIX = "APPLIANCE_"
+CONFIG_ENV = "APPLIANCE_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Section):
+    id: str = Field(default="", description="node id; empty means the host name")
+    base_topic: str = "audiogen"
+    share_group: str = ""
+
+    @field_validator("base_topic", "id")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must not contain '#', '+', NUL, or start/end with '/'")
+        return value
+
+    @property
+    def node_id(self) -> str:
+        return self.id or socket.gethostname().split(".")[0] or "appliance"
+
+
+class BrokerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    embedded: bool = True
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str = ""
+    password: str = ""
+    client_id: str = ""
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    max_packet_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8380, ge=0, le=65535)
+    public_url: str = Field(default="", description="base of audio_url; empty: http://host:port")
+
+
+class CacheSettings(_Section):
+    dir: Path = Path("var/cache")
+    max_items: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
+    map_size_bytes: int = Field(default=256 * 1024**2, ge=1024 * 1024)
+
+
+class GenerationSettings(_Section):
+    default_duration_s: float = Field(default=8.0, gt=0)
+    max_duration_s: float = Field(default=30.0, gt=0, le=30.0)
+    default_steps: int = Field(default=25, ge=1)
+    max_steps: int = Field(default=100, ge=1, le=1000)
+    default_guidance_scale: float = Field(default=4.5, ge=0)
+    max_guidance_scale: float = Field(default=20.0, ge=0)
+    max_candidates: int = Field(default=4, ge=1, le=16)
+    max_prompt_chars: int = Field(default=500, ge=1, le=10_000)
+    loop_crossfade_s: float = Field(default=0.25, ge=0, le=5)
+    tau_accept_new: float = Field(default=0.4, ge=-1, le=1)
+
+
+class ModelSettings(_Section):
+    dir: Path = Path("var/models")
+    tangoflux: str = Field(default="", description="directory of real weights; empty: tiny model")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    latent_frames: Literal["needed", "reference"] = "needed"
+
+    def tangoflux_dir(self) -> Path:
+        """The generator directory the workers load: real weights if configured, else tiny."""
+        return Path(self.tangoflux) if self.tangoflux else self.dir / "tiny-tangoflux"
+
+    @property
+    def uses_tiny(self) -> bool:
+        return not self.tangoflux
+
+
+class WorkerSettings(_Section):
+    devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    queue_size: int = Field(default=32, ge=1)
+    generation_timeout_s: float = Field(default=300.0, gt=0)
+    ready_timeout_s: float = Field(default=300.0, gt=0)
+    restart_backoff_initial_s: float = Field(default=0.5, ge=0)
+    restart_backoff_max_s: float = Field(default=30.0, ge=0)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: list[str]) -> list[str]:
+        for device in value:
+            if device != "cpu" and not device.isdigit():
+                raise ValueError(f"{device!r} is neither 'cpu' nor a GPU index like '0'")
+        if len(set(value)) != len(value):
+            raise ValueError("each device may appear once")
+        return value
+
+
+class RequestSettings(_Section):
+    max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(_Section):
+    """The whole configuration tree."""
+
+    node: NodeSettings = NodeSettings()
+    broker: BrokerSettings = BrokerSettings()
+    http: HttpSettings = HttpSettings()
+    cache: CacheSettings = CacheSettings()
+    generation: GenerationSettings = GenerationSettings()
+    models: ModelSettings = ModelSettings()
+    workers: WorkerSettings = WorkerSettings()
+    requests: RequestSettings = RequestSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def default_config_path() -> Path | None:
+    """``$APPLIANCE_CONFIG``, else ``config/appliance.toml`` when it exists in the cwd."""
+    if env := os.environ.get(CONFIG_ENV):
+        return Path(env)
+    candidate = Path("config/appliance.toml")
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (if any), apply environment overrides, validate.
+
+    Raises ConfigError naming the offending key (``section.key``) and the problem.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _apply_environment(data, os.environ if environ is None else environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{key}: {error['msg']}")
+        source = f" (file {path})" if path else ""
+        raise ConfigError("invalid configuration" + source + ": " + "; ".join(problems)) from exc
+
+
+def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"environment variable {name}: section {section!r} is not a table")
+        target[key] = _parse_env_value(raw)
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw

@@ -1,0 +1,94 @@
+"""The Prometheus registry: every metric the appliance exports, owned by the supervisor.
+
+Workers report their figures over IPC and the supervisor records them here, so there is no
+multiprocess directory and no metric is lost when a worker restarts. One registry per
+:class:`Metrics` instance (no global state), which keeps tests independent.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from appliance import __version__
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1, 2.5, 5, 10, 30, 60, 120, 300,
+)
+_GENERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    """All metrics of one supervisor."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "audiogen_requests_total", "Requests answered, by outcome and source.",
+            ["outcome", "source"], registry=r,
+        )
+        self.malformed_requests = Counter(
+            "audiogen_malformed_requests_total", "Requests rejected as invalid, by error code.",
+            ["code"], registry=r,
+        )
+        self.cache_lookups = Counter(
+            "audiogen_cache_lookups_total", "Cache lookups by result (exact, semantic, miss).",
+            ["result"], registry=r,
+        )
+        self.request_duration = Histogram(
+            "audiogen_request_duration_seconds",
+            "Time from request received to reply published, by path (hit, semantic_hit, "
+            "generated, error).",
+            ["path"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "audiogen_queue_wait_seconds", "Time a generation waited for a worker.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.generation = Histogram(
+            "audiogen_generation_seconds", "Time a worker spent generating one request.",
+            buckets=_GENERATION_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "audiogen_queue_depth", "Generations waiting for a worker.", registry=r,
+        )
+        self.cache_items = Gauge("audiogen_cache_items", "Items in the cache.", registry=r)
+        self.cache_bytes = Gauge(
+            "audiogen_cache_bytes", "Bytes of audio held by the cache.", registry=r,
+        )
+        self.cache_store_failures = Counter(
+            "audiogen_cache_store_failures_total", "Results that could not be cached.",
+            registry=r,
+        )
+        self.worker_up = Gauge(
+            "audiogen_worker_up", "1 when the worker process is running.",
+            ["worker", "device"], registry=r,
+        )
+        self.worker_ready = Gauge(
+            "audiogen_worker_ready", "1 when the worker has loaded its model and is serving.",
+            ["worker", "device"], registry=r,
+        )
+        self.worker_restarts = Counter(
+            "audiogen_worker_restarts_total", "Worker processes restarted after a failure.",
+            ["worker", "reason"], registry=r,
+        )
+        self.model_load = Gauge(
+            "audiogen_model_load_seconds", "Seconds the worker took to load its model.",
+            ["worker"], registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "audiogen_mqtt_connected", "1 while connected to the broker.", registry=r,
+        )
+        self.mqtt_reconnects = Counter(
+            "audiogen_mqtt_reconnects_total", "Connections to the broker after the first.",
+            registry=r,
+        )
+        self.mqtt_received = Counter(
+            "audiogen_mqtt_messages_received_total", "MQTT messages received.", registry=r,
+        )
+        self.mqtt_sent = Counter(
+            "audiogen_mqtt_messages_sent_total", "MQTT messages published.", registry=r,
+        )
+        self.build_info = Info("audiogen_build", "Version of the appliance.", registry=r)
+        self.build_info.info({"version": __version__})

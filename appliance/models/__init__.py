@@ -1,0 +1,1 @@
+"""TangoFlux inference (diffusers + transformers) and a tiny offline stand-in for tests."""

@@ -1,0 +1,373 @@
+"""One request's life: validate → exact hit? → queue → worker → cache → reply.
+
+Every inbound message ends in exactly one reply (or one error reply), published to the
+address the request named: the MQTT 5 Response Topic (with its Correlation Data), else the
+``reply_to`` field, else ``<base>/<node>/reply/<request_id>``. Cache hits are answered on
+the network thread; generations are queued and answered from the pool's callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from appliance.audio import encode_wav
+from appliance.cache.keys import exact_key, new_item_key
+from appliance.cache.store import CacheItem, CacheStore
+from appliance.config import Settings
+from appliance.errors import (
+    ApplianceError,
+    CacheError,
+    InvalidRequest,
+    Unavailable,
+    WorkerFailed,
+)
+from appliance.metrics import Metrics
+from appliance.mqtt import InboundMessage
+from appliance.protocol import (
+    FieldError,
+    Request,
+    encode,
+    error_reply,
+    parse_request,
+    resolve_parameters,
+    salvage_reply_fields,
+)
+from appliance.topics import Topics
+from appliance.worker.client import GenerationResult
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False,
+        correlation_data: bytes | None = None, qos: int = 1,
+    ) -> None: ...
+
+
+class GenerationQueue(Protocol):
+    def submit(
+        self, request_id: str, params: Any, on_progress: Callable[[int, int], None] | None = None
+    ) -> Future[GenerationResult]: ...
+
+
+@dataclass(frozen=True)
+class ReplyAddress:
+    topic: str
+    correlation_data: bytes | None = None
+
+
+@dataclass
+class PendingReply:
+    """A request waiting for a generation (several when identical requests coalesce)."""
+
+    request: Request
+    address: ReplyAddress
+    received_at: float
+
+
+@dataclass
+class _InFlight:
+    waiters: list[PendingReply] = field(default_factory=list)
+
+
+class Supervisor:
+    """Routes each request through the cache and the worker pool to its reply."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        cache: CacheStore,
+        pool: GenerationQueue,
+        publisher: Publisher,
+        metrics: Metrics,
+        model_name: str,
+        audio_base_url: str,
+    ) -> None:
+        self._settings = settings
+        self._topics = Topics.from_settings(settings.node)
+        self._cache = cache
+        self._pool = pool
+        self._publisher = publisher
+        self._metrics = metrics
+        self.model_name = model_name
+        self._audio_base_url = audio_base_url.rstrip("/")
+        self._inflight: dict[str, _InFlight] = {}
+        self._lock = threading.Lock()
+        self._accepting = True
+
+    # -- entry point ---------------------------------------------------------------------
+
+    def handle(self, message: InboundMessage) -> None:
+        """Answer one inbound request message. Never raises."""
+        source = "mqtt5" if message.response_topic else "mqtt"
+        try:
+            parsed = parse_request(message.payload, self._settings.requests.max_payload_bytes)
+        except InvalidRequest as error:
+            request_id, reply_to = salvage_reply_fields(message.payload)
+            self._reject(message, error, request_id, reply_to, source)
+            return
+        try:
+            request = resolve_parameters(parsed, self._settings.generation)
+            address = self._reply_address(message, parsed.reply_to, request.request_id)
+        except InvalidRequest as error:
+            self._reject(message, error, parsed.request_id, parsed.reply_to, source)
+            return
+        try:
+            if not self._accepting:
+                raise Unavailable("the appliance is shutting down")
+            self._serve(request, address, message.received_at, source)
+        except ApplianceError as error:
+            self._reply_error(address, request.request_id, error, message.received_at, source)
+        except Exception as exc:  # a bug answers the request instead of dropping it
+            log.exception("internal error", extra={"request_id": request.request_id})
+            self._reply_error(address, request.request_id, WorkerFailed(f"internal error: {exc}"),
+                              message.received_at, source)
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(len(entry.waiters) for entry in self._inflight.values())
+
+    # -- the request path ----------------------------------------------------------------
+
+    def _serve(self, request: Request, address: ReplyAddress, received_at: float, source: str) -> None:
+        params = request.params
+        key = exact_key(params.prompt, model=self.model_name, duration_s=params.duration_s,
+                        loop=params.loop)
+        if not request.force:
+            item = self._cache.lookup_exact(key)
+            if item is not None:
+                self._metrics.cache_lookups.labels(result="exact").inc()
+                self._reply_hit(request, address, item, received_at, source)
+                return
+            self._metrics.cache_lookups.labels(result="miss").inc()
+        pending = PendingReply(request, address, received_at)
+        flight_key = f"force:{request.request_id}" if request.force else key
+        with self._lock:
+            flight = self._inflight.get(flight_key)
+            if flight is not None:
+                flight.waiters.append(pending)
+                log.info("joined an identical generation in flight",
+                         extra={"request_id": request.request_id})
+                return
+            self._inflight[flight_key] = _InFlight([pending])
+        log.info("queued for generation", extra={"request_id": request.request_id, "source": source})
+        try:
+            future = self._pool.submit(
+                request.request_id, params, self._progress_publisher(request.request_id)
+            )
+        except ApplianceError:
+            with self._lock:
+                self._inflight.pop(flight_key, None)
+            raise
+        future.add_done_callback(lambda done: self._finish(flight_key, key, done, source))
+
+    def _finish(self, flight_key: str, key: str, future: Future[GenerationResult], source: str) -> None:
+        with self._lock:
+            waiters = self._inflight.pop(flight_key, _InFlight()).waiters
+        try:
+            result = future.result()
+        except ApplianceError as error:
+            for waiter in waiters:
+                self._reply_error(waiter.address, waiter.request.request_id, error,
+                                  waiter.received_at, source)
+            return
+        except Exception as exc:
+            internal = WorkerFailed(f"internal error: {exc}")
+            for waiter in waiters:
+                self._reply_error(waiter.address, waiter.request.request_id, internal,
+                                  waiter.received_at, source)
+            return
+        first = waiters[0].request
+        audio = encode_wav(result.waveform, result.sample_rate)
+        item = self._new_item(first, key, result, len(audio))
+        stored = self._store(item, audio)
+        for waiter in waiters:
+            body = self._generation_metadata(waiter.request, item, result, stored)
+            self._deliver(waiter, body, audio, item.key)
+            self._metrics.request_duration.labels(path="generated").observe(
+                time.perf_counter() - waiter.received_at)
+            self._metrics.requests.labels(outcome="generated", source=source).inc()
+        log.info("generated", extra={"request_id": first.request_id, "key": item.key,
+                                     "generation_s": round(result.generation_s, 3),
+                                     "stored": stored, "waiters": len(waiters)})
+
+    def _store(self, item: CacheItem, audio: bytes) -> bool:
+        """Cache the clip unless the quality gate rejects it; never fail the request."""
+        score = item.clap_similarity
+        if score is not None and score < self._settings.generation.tau_accept_new:
+            return False
+        cache = self._settings.cache
+        try:
+            self._cache.put(item, audio, max_items=cache.max_items, max_bytes=cache.max_bytes)
+        except (CacheError, OSError) as exc:
+            self._metrics.cache_store_failures.inc()
+            log.error("could not cache a result", extra={"key": item.key, "error": str(exc)})
+            return False
+        totals = self._cache.totals()
+        self._metrics.cache_items.set(totals.items)
+        self._metrics.cache_bytes.set(totals.bytes)
+        return True
+
+    # -- replies -------------------------------------------------------------------------
+
+    def _reply_hit(
+        self, request: Request, address: ReplyAddress, item: CacheItem, received_at: float, source: str
+    ) -> None:
+        self._cache.record_hit(item.key)
+        body = {
+            "request_id": request.request_id,
+            "status": "ok",
+            **self._item_metadata(item),
+            "cached": True,
+            "cache_type": "exact",
+            "match_type": "exact",
+            "similarity": 1.0,
+            "age_s": round(time.time() - item.generation_timestamp, 3),
+            "current_config": self._current_config(request),
+        }
+        audio = self._cache.read_audio(item) if request.deliver != "url" else b""
+        self._deliver(PendingReply(request, address, received_at), body, audio, item.key)
+        self._metrics.request_duration.labels(path="hit").observe(time.perf_counter() - received_at)
+        self._metrics.requests.labels(outcome="hit", source=source).inc()
+
+    def _deliver(self, waiter: PendingReply, body: dict[str, Any], audio: bytes, key: str) -> None:
+        request, address = waiter.request, waiter.address
+        if request.deliver in ("url", "both"):
+            body["audio_url"] = f"{self._audio_base_url}/audio/{key}"
+        if request.deliver in ("mqtt", "both"):
+            body["audio_topic"] = Topics.audio(address.topic)
+            self._publisher.publish(Topics.audio(address.topic), audio,
+                                    correlation_data=address.correlation_data)
+        self._publisher.publish(address.topic, encode(body), correlation_data=address.correlation_data)
+
+    def _reject(
+        self, message: InboundMessage, error: ApplianceError, request_id: str | None,
+        reply_to: str | None, source: str,
+    ) -> None:
+        self._metrics.malformed_requests.labels(code=error.code).inc()
+        log.warning("invalid request", extra={"request_id": request_id, "code": error.code,
+                                              "error": error.message, "topic": message.topic})
+        if message.response_topic:
+            address = ReplyAddress(message.response_topic, message.correlation_data)
+        elif reply_to and not self._topics.is_reserved(reply_to):
+            address = ReplyAddress(reply_to)
+        elif request_id:
+            address = ReplyAddress(self._topics.reply(request_id))
+        else:
+            address = ReplyAddress(self._topics.errors)
+        self._reply_error(address, request_id, error, message.received_at, source)
+
+    def _reply_error(
+        self, address: ReplyAddress, request_id: str | None, error: ApplianceError,
+        received_at: float, source: str,
+    ) -> None:
+        self._publisher.publish(address.topic, encode(error_reply(request_id, error)),
+                                correlation_data=address.correlation_data)
+        self._metrics.requests.labels(outcome=error.code, source=source).inc()
+        self._metrics.request_duration.labels(path="error").observe(time.perf_counter() - received_at)
+
+    def _reply_address(self, message: InboundMessage, reply_to: str | None, request_id: str) -> ReplyAddress:
+        if message.response_topic:
+            return ReplyAddress(message.response_topic, message.correlation_data)
+        if reply_to is not None:
+            if self._topics.is_reserved(reply_to):
+                raise FieldError("reply_to", "names a topic of the appliance itself")
+            return ReplyAddress(reply_to)
+        return ReplyAddress(self._topics.reply(request_id))
+
+    def _progress_publisher(self, request_id: str) -> Callable[[int, int], None]:
+        topic = self._topics.progress(request_id)
+
+        def publish(step: int, total: int) -> None:
+            self._publisher.publish(topic, encode({"request_id": request_id, "step": step,
+                                                   "total": total}), qos=0)
+
+        return publish
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def _new_item(self, request: Request, key: str, result: GenerationResult, audio_bytes: int) -> CacheItem:
+        params = request.params
+        return CacheItem(
+            key=new_item_key(),
+            exact_key=key,
+            prompt=params.prompt,
+            model=self.model_name,
+            duration_s=round(result.waveform.shape[-1] / result.sample_rate, 3),
+            requested_duration_s=params.duration_s,
+            is_loop=params.loop,
+            steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            candidates=params.candidates,
+            seed=params.seed,
+            sample_rate=result.sample_rate,
+            channels=int(result.waveform.shape[0]),
+            audio_format=request.audio_format,
+            audio_bytes=audio_bytes,
+            generation_timestamp=time.time(),
+            generation_s=round(result.generation_s, 4),
+        )
+
+    def _item_metadata(self, item: CacheItem) -> dict[str, Any]:
+        return {
+            "key": item.key,
+            "prompt": item.prompt,
+            "clap_similarity": item.clap_similarity,
+            "duration_s": item.duration_s,
+            "requested_duration_s": item.requested_duration_s,
+            "generation_timestamp": item.generation_timestamp,
+            "is_loop": item.is_loop,
+            "model": item.model,
+            "steps": item.steps,
+            "guidance_scale": item.guidance_scale,
+            "candidates": item.candidates,
+            "candidate_scores": item.candidate_scores,
+            "seed": item.seed,
+            "sample_rate": item.sample_rate,
+            "channels": item.channels,
+            "format": item.audio_format,
+            "audio_bytes": item.audio_bytes,
+            "hits": item.hits,
+        }
+
+    def _generation_metadata(
+        self, request: Request, item: CacheItem, result: GenerationResult, stored: bool
+    ) -> dict[str, Any]:
+        return {
+            "request_id": request.request_id,
+            "status": "ok",
+            **self._item_metadata(item),
+            "cached": False,
+            "cache_type": "new_generation",
+            "match_type": None,
+            "stored": stored,
+            "tau_accept_new": self._settings.generation.tau_accept_new,
+            "worker": result.worker,
+            "gpu": result.gpu,
+            "queue_wait_s": round(result.queue_wait_s, 4),
+            "generation_s": round(result.generation_s, 4),
+        }
+
+    def _current_config(self, request: Request) -> dict[str, Any]:
+        """What a new generation of this request would use (reported with every hit)."""
+        params = request.params
+        return {
+            "model": self.model_name,
+            "duration_s": params.duration_s,
+            "steps": params.steps,
+            "guidance_scale": params.guidance_scale,
+            "candidates": params.candidates,
+            "loop": params.loop,
+            "tau_accept_new": self._settings.generation.tau_accept_new,
+        }

@@ -1,0 +1,64 @@
+"""The MQTT topic layout of one appliance (``<base>/<node>/…``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from appliance.config import NodeSettings
+
+
+@dataclass(frozen=True)
+class Topics:
+    base: str
+    node: str
+    share_group: str = ""
+
+    @classmethod
+    def from_settings(cls, node: NodeSettings) -> Topics:
+        return cls(base=node.base_topic, node=node.node_id, share_group=node.share_group)
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.base}/{self.node}"
+
+    @property
+    def request(self) -> str:
+        return f"{self.prefix}/request"
+
+    @property
+    def shared_request(self) -> str:
+        """The fleet queue: every appliance in the group takes turns (MQTT 5 brokers)."""
+        return f"$share/{self.share_group}/{self.base}/request"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    @property
+    def errors(self) -> str:
+        """Where errors go when a request named no reply address at all."""
+        return f"{self.prefix}/errors"
+
+    def reply(self, request_id: str) -> str:
+        """Default reply topic for a request without Response Topic or ``reply_to``."""
+        return f"{self.prefix}/reply/{request_id}"
+
+    def progress(self, request_id: str) -> str:
+        return f"{self.prefix}/progress/{request_id}"
+
+    def subscriptions(self) -> list[str]:
+        topics = [self.request]
+        if self.share_group:
+            topics.append(self.shared_request)
+        return topics
+
+    def is_reserved(self, topic: str) -> bool:
+        """Topics a device may not name as its reply address (requests, status, admin)."""
+        own = (self.request, self.status, self.errors)
+        return topic in own or topic.startswith(f"{self.prefix}/admin") or topic.startswith(
+            f"{self.base}/request"
+        )
+
+    @staticmethod
+    def audio(reply_topic: str) -> str:
+        return f"{reply_topic}/audio"

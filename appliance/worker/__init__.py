@@ -1,0 +1,1 @@
+"""Persistent model workers: the subprocess (``python -m appliance.worker``) and its clients."""

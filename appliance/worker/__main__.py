@@ -1,0 +1,163 @@
+"""The worker subprocess: load the generator once, then serve framed requests forever.
+
+Started by the supervisor as ``python -m appliance.worker`` with ``CUDA_VISIBLE_DEVICES``
+set for this process alone. Its stdout carries frames only: the real stdout is kept for
+the channel and fd 1 is pointed at stderr, so a library that prints cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from appliance.audio import make_seamless_loop
+from appliance.logs import configure_logging
+from appliance.worker.ipc import ChannelClosed, Frame, read_frame, write_frame
+
+log = logging.getLogger("appliance.worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    channel_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    configure_logging(args.log_level, args.log_format, component=f"worker-{args.name}")
+    channel_in = sys.stdin.buffer
+    try:
+        generator = _load_generator(args)
+    except Exception as exc:  # any load failure is reported, then the worker exits
+        log.exception("model load failed")
+        _send(channel_out, {"type": "fatal", "code": "model_error", "message": str(exc)})
+        return 3
+    try:
+        _serve(generator, args, channel_in, channel_out)
+    except ChannelClosed:
+        log.info("supervisor closed the channel; exiting")
+    return 0
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m appliance.worker")
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--name", default="0")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--latent-frames", default="needed", choices=["needed", "reference"])
+    parser.add_argument("--loop-crossfade-s", type=float, default=0.25)
+    parser.add_argument("--build-tiny-if-missing", action="store_true")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="json")
+    return parser.parse_args(argv)
+
+
+def _load_generator(args: argparse.Namespace) -> Any:
+    from appliance.models.tangoflux import TangoFluxGenerator
+
+    if args.build_tiny_if_missing and not (args.model_dir / "config.json").is_file():
+        _build_tiny_atomically(args.model_dir)
+    started = time.perf_counter()
+    generator = TangoFluxGenerator.from_dir(
+        args.model_dir, device=args.device, dtype=args.dtype, latent_frames=args.latent_frames
+    )
+    args.load_s = time.perf_counter() - started
+    log.info("model loaded", extra={"model": generator.name, "load_s": round(args.load_s, 3)})
+    return generator
+
+
+def _build_tiny_atomically(target: Path) -> None:
+    """Build the tiny model beside its final place and rename it in (workers may race)."""
+    from appliance.models.tiny import build_tiny_tangoflux
+
+    log.warning("no generator weights at %s: building the TINY random-weight model", target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    build_tiny_tangoflux(staging)
+    try:
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+
+
+def _serve(generator: Any, args: argparse.Namespace, inp: BinaryIO, out: BinaryIO) -> None:
+    _send(
+        out,
+        {
+            "type": "ready",
+            "model": generator.name,
+            "device": args.device,
+            "load_s": args.load_s,
+            "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        },
+    )
+    while True:
+        frame = read_frame(inp)
+        if frame.type == "shutdown":
+            return
+        if frame.type != "generate":
+            _send(out, {"type": "error", "id": frame.header.get("id"), "code": "worker_failed",
+                        "message": f"unknown frame type {frame.type!r}"})
+            continue
+        _generate(generator, args, frame.header, out)
+
+
+def _generate(generator: Any, args: argparse.Namespace, job: dict[str, Any], out: BinaryIO) -> None:
+    job_id = job.get("id")
+    sample_rate = 44100
+    try:
+        duration = float(job["duration_s"])
+        fade_frames = round(args.loop_crossfade_s * sample_rate) if job.get("loop") else 0
+        fade_frames = min(fade_frames, int(duration * sample_rate) // 2)
+        extra_s = fade_frames / sample_rate
+
+        def progress(step: int, total: int) -> None:
+            _send(out, {"type": "progress", "id": job_id, "step": step, "total": total})
+
+        started = time.perf_counter()
+        waveforms = generator.generate(
+            str(job["prompt"]),
+            duration_s=duration + extra_s,
+            steps=int(job["steps"]),
+            guidance_scale=float(job["guidance_scale"]),
+            seed=job.get("seed"),
+            candidates=int(job.get("candidates", 1)),
+            progress=progress,
+        )
+        elapsed = time.perf_counter() - started
+        waveform = np.asarray(waveforms[0], dtype=np.float32)
+        if fade_frames:
+            waveform = make_seamless_loop(waveform, fade_frames)
+        waveform = np.ascontiguousarray(waveform, dtype=np.float32)
+    except Exception as exc:  # reported to the supervisor, the worker keeps serving
+        log.exception("generation failed", extra={"request_id": job_id})
+        _send(out, {"type": "error", "id": job_id, "code": "worker_failed", "message": str(exc)})
+        return
+    header = {
+        "type": "result",
+        "id": job_id,
+        "sample_rate": sample_rate,
+        "channels": int(waveform.shape[0]),
+        "frames": int(waveform.shape[1]),
+        "dtype": "float32",
+        "generation_s": elapsed,
+        "candidates": len(waveforms),
+        "model": generator.name,
+    }
+    write_frame(out, Frame(header, waveform.tobytes()))
+
+
+def _send(out: BinaryIO, header: dict[str, Any]) -> None:
+    write_frame(out, Frame(header))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

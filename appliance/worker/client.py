@@ -1,0 +1,204 @@
+"""Supervisor side of one worker subprocess: start it, send a job, wait for its frames.
+
+A reader thread turns the child's stdout into frames on a queue, so that every wait has a
+timeout: a worker that dies shows up as end of stream, one that hangs as silence longer
+than the generation timeout (progress frames count as signs of life).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from appliance.audio import Waveform
+from appliance.errors import GenerationTimeout, ModelError, WorkerDied, WorkerFailed
+from appliance.protocol import GenerationParameters
+from appliance.worker.ipc import ChannelClosed, Frame, ProtocolViolation, read_frame, write_frame
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A generated clip, with the facts the reply metadata needs."""
+
+    waveform: Waveform
+    sample_rate: int
+    generation_s: float
+    model: str
+    worker: str
+    gpu: str
+    queue_wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How to start one worker: its name, the GPU it owns, the command line."""
+
+    name: str
+    gpu: str  # "cpu" or a GPU index
+    command: Sequence[str]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CUDA_VISIBLE_DEVICES"] = "" if self.gpu == "cpu" else self.gpu
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        return env
+
+
+class WorkerProcess:
+    """One persistent worker subprocess, serving one job at a time."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.model = ""
+        self.load_s = 0.0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._frames: queue.Queue[Frame | Exception] = queue.Queue()
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, ready_timeout_s: float) -> None:
+        """Spawn the child and wait for its ``ready`` frame."""
+        self._frames = queue.Queue()
+        self._process = subprocess.Popen(
+            list(self.spec.command),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.spec.environment(),
+            start_new_session=True,
+        )
+        stdout = self._process.stdout
+        assert stdout is not None
+        threading.Thread(
+            target=self._read_frames, args=(stdout, self._frames),
+            name=f"worker-{self.spec.name}-reader", daemon=True,
+        ).start()
+        frame = self._next_frame(ready_timeout_s, waiting_for="ready")
+        if frame.type == "fatal":
+            self.kill()
+            raise ModelError(f"worker {self.spec.name}: {frame.header.get('message')}")
+        if frame.type != "ready":
+            self.kill()
+            raise WorkerDied(f"worker {self.spec.name} sent {frame.type!r} before ready")
+        self.model = str(frame.header.get("model", ""))
+        self.load_s = float(frame.header.get("load_s", 0.0))
+        log.info("worker ready", extra={"worker": self.spec.name, "pid": self.pid,
+                                        "model": self.model, "load_s": round(self.load_s, 3)})
+
+    def generate(
+        self,
+        request_id: str,
+        params: GenerationParameters,
+        inactivity_timeout_s: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """Run one job. Raises WorkerFailed or GenerationTimeout (the worker is then killed)."""
+        with self._lock:
+            self._send({
+                "type": "generate", "id": request_id, "prompt": params.prompt,
+                "duration_s": params.duration_s, "steps": params.steps,
+                "guidance_scale": params.guidance_scale, "seed": params.seed,
+                "candidates": params.candidates, "loop": params.loop,
+            })
+            while True:
+                frame = self._next_frame(inactivity_timeout_s, waiting_for="result")
+                if frame.header.get("id") != request_id:
+                    self.kill()
+                    raise WorkerDied(f"worker answered job {frame.header.get('id')!r}")
+                if frame.type == "progress":
+                    if on_progress is not None:
+                        on_progress(int(frame.header["step"]), int(frame.header["total"]))
+                    continue
+                if frame.type == "error":
+                    raise WorkerFailed(str(frame.header.get("message", "generation failed")))
+                if frame.type == "result":
+                    return self._result(frame)
+                self.kill()
+                raise WorkerDied(f"unexpected frame {frame.type!r} from worker")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``timeout_s``."""
+        if not self.is_alive():
+            return
+        try:
+            self._send({"type": "shutdown"})
+            assert self._process is not None
+            self._process.wait(timeout=timeout_s)
+        except (WorkerFailed, subprocess.TimeoutExpired):
+            self.kill()
+
+    def kill(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def _result(self, frame: Frame) -> GenerationResult:
+        header = frame.header
+        channels, frames = int(header["channels"]), int(header["frames"])
+        if len(frame.payload) != channels * frames * 4:
+            self.kill()
+            raise WorkerDied("worker result payload has the wrong size")
+        waveform = np.frombuffer(frame.payload, dtype=np.float32).reshape(channels, frames)
+        return GenerationResult(
+            waveform=waveform,
+            sample_rate=int(header["sample_rate"]),
+            generation_s=float(header.get("generation_s", 0.0)),
+            model=str(header.get("model", self.model)),
+            worker=self.spec.name,
+            gpu=self.spec.gpu,
+        )
+
+    def _send(self, header: dict[str, Any]) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            raise WorkerDied(f"worker {self.spec.name} is not running")
+        try:
+            write_frame(process.stdin, Frame(header))
+        except ChannelClosed as exc:
+            raise WorkerDied(f"worker {self.spec.name} is gone: {exc}") from exc
+
+    def _next_frame(self, timeout_s: float, *, waiting_for: str) -> Frame:
+        try:
+            item = self._frames.get(timeout=timeout_s)
+        except queue.Empty:
+            self.kill()
+            raise GenerationTimeout(
+                f"worker {self.spec.name} sent nothing for {timeout_s:.0f} s "
+                f"while waiting for {waiting_for}; killed"
+            ) from None
+        if isinstance(item, Exception):
+            code = self._process.wait() if self._process else None
+            raise WorkerDied(f"worker {self.spec.name} exited (code {code}): {item}")
+        return item
+
+    @staticmethod
+    def _read_frames(stream: IO[bytes], frames: queue.Queue[Frame | Exception]) -> None:
+        while True:
+            try:
+                frames.put(read_frame(stream))
+            except (ChannelClosed, ProtocolViolation, OSError, ValueError) as exc:
+                frames.put(exc)
+                return

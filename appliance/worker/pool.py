@@ -1,0 +1,253 @@
+"""The worker pool: one persistent subprocess per configured device, one bounded queue.
+
+Each worker has a dispatch thread that takes the next job only when its worker is idle and
+ready, so the least busy ready worker always gets the job. A full queue refuses new work at
+once (``busy``); a failed worker fails only its own job and is restarted with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from appliance.config import Settings
+from appliance.errors import (
+    ApplianceError,
+    Busy,
+    ModelError,
+    Unavailable,
+    WorkerDied,
+    WorkerFailed,
+)
+from appliance.metrics import Metrics
+from appliance.protocol import GenerationParameters
+from appliance.worker.client import GenerationResult, ProgressCallback, WorkerProcess, WorkerSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One queued generation and the future its submitter waits on."""
+
+    request_id: str
+    params: GenerationParameters
+    on_progress: ProgressCallback | None = None
+    future: Future[GenerationResult] = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
+    queue_wait_s: float = 0.0
+
+
+@dataclass
+class WorkerState:
+    """What the pool knows about one worker, for health and status."""
+
+    name: str
+    gpu: str
+    state: str = "starting"  # starting | ready | busy | restarting | failed | stopped
+    pid: int | None = None
+    model: str = ""
+    load_s: float = 0.0
+    restarts: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def worker_command(settings: Settings, gpu: str, name: str) -> list[str]:
+    """The command line of one worker subprocess."""
+    models = settings.models
+    command = [
+        sys.executable, "-m", "appliance.worker",
+        "--model-dir", str(models.tangoflux_dir()),
+        "--name", name,
+        "--device", "cpu" if gpu == "cpu" else "cuda",
+        "--dtype", models.dtype,
+        "--latent-frames", models.latent_frames,
+        "--loop-crossfade-s", str(settings.generation.loop_crossfade_s),
+        "--log-level", settings.logging.level,
+        "--log-format", settings.logging.format,
+    ]
+    if models.uses_tiny:
+        command.append("--build-tiny-if-missing")
+    return command
+
+
+class WorkerPool:
+    """Owns the workers, the job queue and the dispatch threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        command_factory: Callable[[Settings, str, str], list[str]] = worker_command,
+    ) -> None:
+        self._settings = settings.workers
+        self._metrics = metrics
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self._settings.queue_size)
+        self._stop = threading.Event()
+        self._accepting = True
+        self._workers: list[WorkerProcess] = []
+        self._states: list[WorkerState] = []
+        self._threads: list[threading.Thread] = []
+        for index, gpu in enumerate(self._settings.devices):
+            name = gpu if gpu != "cpu" else f"cpu{index}" if index else "cpu"
+            spec = WorkerSpec(name=name, gpu=gpu, command=command_factory(settings, gpu, name))
+            self._workers.append(WorkerProcess(spec))
+            self._states.append(WorkerState(name=name, gpu=gpu))
+        metrics.queue_depth.set_function(self._queue.qsize)
+
+    def start(self) -> None:
+        for worker, state in zip(self._workers, self._states, strict=True):
+            thread = threading.Thread(
+                target=self._dispatch, args=(worker, state),
+                name=f"dispatch-{state.name}", daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(
+        self, request_id: str, params: GenerationParameters,
+        on_progress: ProgressCallback | None = None,
+    ) -> Future[GenerationResult]:
+        """Queue a job; raises Busy when the queue is full, Unavailable when draining."""
+        if not self._accepting:
+            raise Unavailable("the appliance is shutting down")
+        if all(state.state == "failed" for state in self._states):
+            raise Unavailable("no worker could load the model: " + self._states[0].last_error)
+        job = Job(request_id, params, on_progress)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise Busy(f"generation queue is full ({self._settings.queue_size} waiting)") from None
+        return job.future
+
+    def ready_count(self) -> int:
+        return sum(state.state in ("ready", "busy") for state in self._states)
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until at least one worker is ready (or all have failed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.ready_count() or all(s.state == "failed" for s in self._states):
+                return self.ready_count() > 0
+            time.sleep(0.05)
+        return False
+
+    def states(self) -> list[dict[str, Any]]:
+        return [state.as_dict() for state in self._states]
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the jobs being generated, fail queued ones as unavailable, stop workers."""
+        self._accepting = False
+        self._stop.set()
+        self._fail_queued(Unavailable("the appliance is shutting down"))
+        for _ in self._threads:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        for worker in self._workers:
+            worker.stop()
+
+    def _dispatch(self, worker: WorkerProcess, state: WorkerState) -> None:
+        backoff = self._settings.restart_backoff_initial_s
+        labels = {"worker": state.name, "device": state.gpu}
+        while not self._stop.is_set():
+            if not worker.is_alive() and not self._start_worker(worker, state, labels):
+                if self._stop.wait(backoff):
+                    break
+                backoff = min(max(backoff * 2, 0.1), self._settings.restart_backoff_max_s)
+                continue
+            try:
+                job = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if job is None:
+                break
+            if self._run(worker, state, job, labels):
+                backoff = self._settings.restart_backoff_initial_s
+        state.state = "stopped"
+        self._metrics.worker_ready.labels(**labels).set(0)
+
+    def _start_worker(self, worker: WorkerProcess, state: WorkerState, labels: dict[str, str]) -> bool:
+        state.state = "starting" if state.restarts == 0 else "restarting"
+        try:
+            worker.start(self._settings.ready_timeout_s)
+        except ApplianceError as exc:
+            state.last_error = exc.message
+            state.state = "failed" if isinstance(exc, ModelError) else "restarting"
+            log.error("worker failed to start", extra={"worker": state.name, "error": exc.message})
+            self._metrics.worker_up.labels(**labels).set(0)
+            if isinstance(exc, ModelError) and self.ready_count() == 0:
+                self._fail_queued(Unavailable(f"no worker could load the model: {exc.message}"))
+            return False
+        state.state, state.pid, state.model, state.load_s = "ready", worker.pid, worker.model, worker.load_s
+        self._metrics.worker_up.labels(**labels).set(1)
+        self._metrics.worker_ready.labels(**labels).set(1)
+        self._metrics.model_load.labels(worker=state.name).set(worker.load_s)
+        return True
+
+    def _run(self, worker: WorkerProcess, state: WorkerState, job: Job, labels: dict[str, str]) -> bool:
+        """Serve one job; returns False when the worker failed and must be restarted."""
+        job.queue_wait_s = time.monotonic() - job.queued_at
+        self._metrics.queue_wait.observe(job.queue_wait_s)
+        if not job.future.set_running_or_notify_cancel():
+            return True
+        state.state = "busy"
+        try:
+            result = worker.generate(
+                job.request_id, job.params, self._settings.generation_timeout_s, job.on_progress
+            )
+        except ApplianceError as exc:
+            job.future.set_exception(exc)
+            reported = isinstance(exc, WorkerFailed) and not isinstance(exc, WorkerDied)
+            if reported and worker.is_alive():
+                state.state = "ready"  # the worker reported an error and keeps serving
+                return True
+            worker.kill()
+            state.restarts += 1
+            state.last_error = exc.message
+            state.state = "restarting"
+            self._metrics.worker_restarts.labels(worker=state.name, reason=exc.code).inc()
+            self._metrics.worker_up.labels(**labels).set(0)
+            self._metrics.worker_ready.labels(**labels).set(0)
+            log.warning("worker failed; restarting",
+                        extra={"worker": state.name, "request_id": job.request_id,
+                               "error": exc.message, "code": exc.code})
+            return False
+        except Exception as exc:  # a bug must not kill the dispatch thread
+            log.exception("unexpected error in dispatch", extra={"request_id": job.request_id})
+            job.future.set_exception(WorkerFailed(f"internal error: {exc}"))
+            worker.kill()
+            return False
+        self._metrics.generation.observe(result.generation_s)
+        job.future.set_result(replace(result, queue_wait_s=job.queue_wait_s))
+        state.state = "ready"
+        return True
+
+    def _fail_queued(self, error: ApplianceError) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
