@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import safetensors.torch
@@ -39,6 +39,8 @@ from transformers import AutoTokenizer, T5Config, T5EncoderModel
 from appliance.errors import ModelError
 
 logger = logging.getLogger(__name__)
+
+_Built = TypeVar("_Built", bound=nn.Module)
 
 SAMPLE_RATE = 44100
 
@@ -167,8 +169,8 @@ class _DurationEmbedder(nn.Module):
 
     def forward(self, seconds: torch.Tensor) -> torch.Tensor:
         normalized = seconds.clamp(0.0, self.max_value) / self.max_value
-        weight = self.time_positional_embedding[1].weight
-        embedded = self.time_positional_embedding(normalized.to(weight.dtype))
+        dtype = next(self.parameters()).dtype
+        embedded = self.time_positional_embedding(normalized.to(dtype))
         return embedded.view(-1, 1, embedded.shape[-1])
 
 
@@ -205,6 +207,14 @@ def _build_vae(kwargs: Mapping[str, Any]) -> AutoencoderOobleck:
         # Oobleck uses the old weight_norm API; its key names (weight_g/weight_v) depend on it.
         warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
         return AutoencoderOobleck(**kwargs)
+
+
+def _build_checked(build: Callable[[], _Built], source: Path) -> _Built:
+    """Run a constructor; odd config values surface as assorted errors: name the file."""
+    try:
+        return build()
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError, ZeroDivisionError) as exc:
+        raise ModelError(f"{source}: cannot build the model from this config ({exc})") from exc
 
 
 def _assign_state(
@@ -377,10 +387,11 @@ class TangoFluxGenerator:
 
         vae_config_path = model_dir / VAE_CONFIG_FILE
         vae_raw = _read_json(vae_config_path) if vae_config_path.exists() else {}
-        vae = _build_vae(_vae_kwargs(vae_raw, vae_config_path))
+        vae_kwargs = _vae_kwargs(vae_raw, vae_config_path)
+        vae = _build_checked(lambda: _build_vae(vae_kwargs), vae_config_path)
         _check_compatible(config, t5_config, vae, config_path)
 
-        core = _build_core(config, t5_config)
+        core = _build_checked(lambda: _build_core(config, t5_config), text_dir / "config.json")
         checkpoint = model_dir / CHECKPOINT_FILE
         _assign_state(core, _read_safetensors(checkpoint), checkpoint, {TIED_EMBEDDING_KEY})
         core.text_encoder.tie_weights()
@@ -489,7 +500,11 @@ class TangoFluxGenerator:
         return min(needed + _NEEDED_MARGIN_FRAMES, reference)
 
     def _encode_text(self, texts: list[str], length: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5 hidden states and the attention mask, padded to ``length`` when given."""
+        """T5 hidden states and the attention mask, padded to ``length`` when given.
+
+        Prompts are cut at the tokenizer's limit as on the reference's guided path (its
+        unguided path, which would cut at 64 tokens, crashes, so there is nothing to match).
+        """
         if length is None:
             batch = self._tokenizer(
                 texts, max_length=self._max_tokens, truncation=True, return_tensors="pt"
