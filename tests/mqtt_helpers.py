@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -40,8 +41,6 @@ class RawClient:
         self.client.loop_start()
         info = self.client.subscribe(subscribe, qos=1)
         assert info[0] == paho.MQTT_ERR_SUCCESS
-        import time
-
         time.sleep(0.2)  # let the SUBACK arrive before anything is published
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:

@@ -76,11 +76,11 @@ def test_eviction_keeps_the_caps_and_prefers_recent_and_good(store: CacheStore) 
     store.put(old_bad, b"x" * 10, max_items=2, max_bytes=10**9)
     store.put(old_good, b"x" * 10, max_items=2, max_bytes=10**9)
     evicted = store.put(make_item("new"), b"x" * 10, max_items=2, max_bytes=10**9)
-    assert evicted == [old_bad.key]
+    assert evicted.evicted == [old_bad.key]
     assert not store.audio_path(old_bad.key).exists()
     assert store.totals().items == 2
     evicted = store.put(make_item("big"), b"x" * 25, max_items=10, max_bytes=40)
-    assert store.totals().bytes <= 40 and len(evicted) == 1
+    assert store.totals().bytes <= 40 and len(evicted.evicted) == 1
 
 
 def test_hits_are_batched_and_flushed(store: CacheStore) -> None:

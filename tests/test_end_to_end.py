@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
-
-import pytest
+from pathlib import Path
 
 from appliance.audio import decode_wav
 from appliance.client import RequestClient
+from appliance.testing import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 from tests.mqtt_helpers import RawClient
 
@@ -157,7 +158,6 @@ def test_worker_killed_mid_generation_answers_worker_failed_then_recovers(
     client = _client(service, broker)
     try:
         replies: list[dict[str, object]] = []
-        import threading
 
         def send_long() -> None:
             replies.append(client.request({"prompt": "a very long thunderstorm", "duration_s": 10,
@@ -208,13 +208,10 @@ def test_sigterm_drains_and_publishes_offline(service: Service, broker: Broker) 
         raw.close()
 
 
-@pytest.mark.parametrize("protocol", ["5"])
-def test_busy_when_queue_is_full(tmp_path, broker: Broker, models_dir, protocol: str) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import service_sections, start_service
-
+def test_busy_when_queue_is_full(tmp_path: Path, broker: Broker, models_dir: Path) -> None:
     sections = service_sections(tmp_path, broker, models_dir)
     sections["workers"]["queue_size"] = 1
-    svc = start_service(tmp_path, sections)
+    svc = ServiceProcess.start(tmp_path, sections)
     raw = RawClient(broker.host, broker.port, "busy/replies/#")
     try:
         svc.wait_ready()

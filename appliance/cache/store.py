@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
+import numpy as np
+import numpy.typing as npt
 
 from appliance.cache.keys import is_item_key
 from appliance.errors import CacheError, NotFound
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 _ITEMS = b"items"
 _EXACT = b"exact"
 _META = b"meta"
+_VECTORS = b"vectors"  # item key -> prompt embedding (float32 bytes)
+_CLAP = b"clap"  # item key -> CLAP audio embedding (float32 bytes)
+_EMBEDDER = b"embedder"
 _GENERATION = b"generation"
 _TOTAL_BYTES = b"total_bytes"
 _T = TypeVar("_T")
@@ -78,6 +83,26 @@ class CacheTotals:
     generation: int
 
 
+@dataclass(frozen=True)
+class PutResult:
+    """What a put changed: the items evicted, and the generation before and after it.
+
+    ``generation_after == generation_before + 1`` means nobody else wrote in between.
+    """
+
+    evicted: list[str]
+    generation_before: int
+    generation_after: int
+
+
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """Which sentence embedder made the stored prompt vectors."""
+
+    name: str
+    dimension: int
+
+
 class CacheStore:
     """The cache on disk. Thread-safe; safe to share with other processes."""
 
@@ -96,6 +121,8 @@ class CacheStore:
         self._items = self._env.open_db(_ITEMS)
         self._exact = self._env.open_db(_EXACT)
         self._meta = self._env.open_db(_META)
+        self._vectors = self._env.open_db(_VECTORS)
+        self._clap = self._env.open_db(_CLAP)
         self._pending_hits: dict[str, tuple[int, float]] = {}
         self._hits_lock = threading.Lock()
         self._closed = False
@@ -135,6 +162,57 @@ class CacheStore:
 
         return self._read(read)
 
+    def generation(self) -> int:
+        """The change counter: bumped by every write from any process."""
+        return self._read(lambda txn: _int(txn.get(_GENERATION, db=self._meta)))
+
+    def prompt_vectors(self) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Every stored prompt embedding: ``(keys, matrix)`` for rebuilding the index."""
+        def read(txn: lmdb.Transaction) -> tuple[list[str], list[npt.NDArray[np.float32]]]:
+            keys, rows = [], []
+            for key, value in txn.cursor(db=self._vectors):
+                keys.append(bytes(key).decode())
+                rows.append(np.frombuffer(bytes(value), dtype=np.float32))
+            return keys, rows
+
+        keys, rows = self._read(read)
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return keys, np.vstack(rows)
+
+    def prompt_vector(self, key: str) -> npt.NDArray[np.float32] | None:
+        raw = self._read(lambda txn: txn.get(key.encode(), db=self._vectors))
+        return np.frombuffer(bytes(raw), dtype=np.float32) if raw else None
+
+    def clap_vector(self, key: str) -> npt.NDArray[np.float32] | None:
+        raw = self._read(lambda txn: txn.get(key.encode(), db=self._clap))
+        return np.frombuffer(bytes(raw), dtype=np.float32) if raw else None
+
+    def embedder_info(self) -> EmbedderInfo | None:
+        raw = self._read(lambda txn: txn.get(_EMBEDDER, db=self._meta))
+        if not raw:
+            return None
+        data = json.loads(bytes(raw))
+        return EmbedderInfo(str(data["name"]), int(data["dimension"]))
+
+    def set_embedder_info(self, info: EmbedderInfo) -> None:
+        """Record which embedder made the vectors (a new one needs a re-embed first)."""
+        payload = json.dumps({"name": info.name, "dimension": info.dimension}).encode()
+        self._write(lambda txn: txn.put(_EMBEDDER, payload, db=self._meta))
+
+    def replace_prompt_vectors(self, vectors: dict[str, npt.NDArray[np.float32]], info: EmbedderInfo) -> None:
+        """Swap in vectors from another embedder, all in one transaction."""
+        def write(txn: lmdb.Transaction) -> None:
+            txn.drop(self._vectors, delete=False)
+            for key, vector in vectors.items():
+                if txn.get(key.encode(), db=self._items) is not None:
+                    txn.put(key.encode(), _vector_bytes(vector), db=self._vectors)
+            txn.put(_EMBEDDER, json.dumps({"name": info.name, "dimension": info.dimension}).encode(),
+                    db=self._meta)
+            self._bump_generation(txn)
+
+        self._write(write)
+
     def audio_path(self, key: str, audio_format: str = "wav") -> Path:
         if not is_item_key(key):
             raise NotFound(f"{key!r} is not a cache key")
@@ -148,33 +226,38 @@ class CacheStore:
 
     # -- writing -----------------------------------------------------------------------
 
-    def put(self, item: CacheItem, audio: bytes, *, max_items: int, max_bytes: int) -> list[str]:
-        """Store a clip (file first, then metadata); evict to stay under the caps.
-
-        Returns the keys evicted to make room.
-        """
+    def put(
+        self, item: CacheItem, audio: bytes, *, max_items: int, max_bytes: int,
+        prompt_vector: npt.NDArray[np.float32] | None = None,
+        clap_vector: npt.NDArray[np.float32] | None = None,
+    ) -> PutResult:
+        """Store a clip (file first, then metadata and vectors); evict to stay under the caps."""
         path = self.audio_path(item.key, item.audio_format)
         _write_file_durably(path, audio)
         item.audio_bytes = len(audio)
 
-        def write(txn: lmdb.Transaction) -> list[str]:
+        def write(txn: lmdb.Transaction) -> PutResult:
+            before = _int(txn.get(_GENERATION, db=self._meta))
             txn.put(item.key.encode(), item.to_json(), db=self._items)
+            if prompt_vector is not None:
+                txn.put(item.key.encode(), _vector_bytes(prompt_vector), db=self._vectors)
+            if clap_vector is not None:
+                txn.put(item.key.encode(), _vector_bytes(clap_vector), db=self._clap)
             # a forced regeneration re-points the exact key; the older item stays until
             # eviction or maintenance removes it
             txn.put(item.exact_key.encode(), item.key.encode(), db=self._exact)
             total = _int(txn.get(_TOTAL_BYTES, db=self._meta)) + item.audio_bytes
             txn.put(_TOTAL_BYTES, str(total).encode(), db=self._meta)
             evicted = self._evict_in(txn, max_items, max_bytes, keep=item.key)
-            self._bump_generation(txn)
-            return evicted
+            return PutResult(evicted, before, self._bump_generation(txn))
 
         try:
-            evicted = self._write(write)
+            result = self._write(write)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        self._unlink_audio(evicted)
-        return evicted
+        self._unlink_audio(result.evicted)
+        return result
 
     def delete(self, keys: list[str]) -> int:
         """Remove items (metadata, index entries, audio). Returns bytes freed."""
@@ -276,15 +359,18 @@ class CacheStore:
             return None
         item = CacheItem.from_json(raw)
         txn.delete(key.encode(), db=self._items)
+        txn.delete(key.encode(), db=self._vectors)
+        txn.delete(key.encode(), db=self._clap)
         if txn.get(item.exact_key.encode(), db=self._exact) == key.encode():
             txn.delete(item.exact_key.encode(), db=self._exact)
         total = max(0, _int(txn.get(_TOTAL_BYTES, db=self._meta)) - item.audio_bytes)
         txn.put(_TOTAL_BYTES, str(total).encode(), db=self._meta)
         return item
 
-    def _bump_generation(self, txn: lmdb.Transaction) -> None:
+    def _bump_generation(self, txn: lmdb.Transaction) -> int:
         generation = _int(txn.get(_GENERATION, db=self._meta)) + 1
         txn.put(_GENERATION, str(generation).encode(), db=self._meta)
+        return generation
 
     def _unlink_audio(self, keys: list[str]) -> None:
         for key in keys:
@@ -341,6 +427,10 @@ def _write_file_durably(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _vector_bytes(vector: npt.NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
 def _int(raw: bytes | memoryview | None) -> int:
