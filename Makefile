@@ -5,12 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck system-deps venv clean bench
+.PHONY: run test lint typecheck system-deps test-tools venv clean bench
 
 run: system-deps $(STAMP)
-	$(BIN)/appliance serve
+	@echo "starting the appliance; in another terminal try:"
+	@echo "  $(BIN)/appliance request \"rain on a tin roof\" --duration 4 --out rain.wav"
+	APPLIANCE_LOGGING__FORMAT=$${APPLIANCE_LOGGING__FORMAT:-text} $(BIN)/appliance serve
 
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) test-tools
 	$(BIN)/ruff check appliance tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -23,6 +25,10 @@ typecheck: $(STAMP)
 
 system-deps:
 	@sh scripts/install-system-deps.sh
+
+# systemd-analyze, promtool and hadolint for the operations tests (nothing is started).
+test-tools: $(STAMP)
+	@VENV=$(VENV) sh scripts/install-test-tools.sh
 
 venv: $(STAMP)
 

@@ -14,15 +14,22 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from appliance.admin import AdminDispatcher
+from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import EmbeddedBroker
-from appliance.cache.store import CacheStore
+from appliance.cache.match import ReuseJudge, ReuseThresholds
+from appliance.cache.semantic import SemanticCache, Vector, ensure_embedder
+from appliance.cache.store import CacheStore, EmbedderInfo
 from appliance.config import Settings
 from appliance.http import HttpServer
 from appliance.metrics import Metrics
+from appliance.models.embedder import PromptEmbedder
 from appliance.models.files import generator_identity
-from appliance.mqtt import MqttAdapter
+from appliance.mqtt import InboundMessage, MqttAdapter
 from appliance.supervisor import Supervisor
 from appliance.topics import Topics
 from appliance.worker.pool import WorkerPool
@@ -48,6 +55,7 @@ class Appliance:
         self._mqtt: MqttAdapter | None = None
         self._http: HttpServer | None = None
         self._supervisor: Supervisor | None = None
+        self._admin: AdminTopicHandler | None = None
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
@@ -81,9 +89,7 @@ class Appliance:
             self._broker.start()
         self._cache = CacheStore(s.cache.dir, map_size_bytes=s.cache.map_size_bytes)
         self._cache.sweep()
-        totals = self._cache.totals()
-        self.metrics.cache_items.set(totals.items)
-        self.metrics.cache_bytes.set(totals.bytes)
+        self._refresh_cache_gauges()
         self._pool = WorkerPool(s, self.metrics)
         self._pool.start()
         self._http = HttpServer(
@@ -100,20 +106,52 @@ class Appliance:
             on_message=self._on_message,
             metrics=self.metrics,
         )
+        semantic, embed = self._semantic_cache() if s.cache.semantic else (None, None)
         self._supervisor = Supervisor(
             s, cache=self._cache, pool=self._pool, publisher=self._mqtt, metrics=self.metrics,
             model_name=generator_identity(s.models.tangoflux_dir(), tiny=s.models.uses_tiny),
-            audio_base_url=base_url,
+            audio_base_url=base_url, semantic=semantic, embed=embed,
+        )
+        self._admin = AdminTopicHandler(
+            AdminDispatcher(self._cache), self._mqtt, self.topics,
+            max_payload_bytes=s.requests.max_payload_bytes, after_change=self._refresh_cache_gauges,
         )
         self._mqtt.start()
         log.info("appliance started", extra={
             "request_topic": self.topics.request, "http": base_url,
-            "broker": f"{s.broker.host}:{s.broker.port}", "cache_items": totals.items,
+            "broker": f"{s.broker.host}:{s.broker.port}", "cache_items": self._cache.totals().items,
         })
 
-    def _on_message(self, message: Any) -> None:
-        if self._supervisor is not None:
+    def _semantic_cache(self) -> tuple[SemanticCache, Callable[[str], Vector]]:
+        """Load the prompt embedder, align the stored vectors with it, build the index."""
+        assert self._cache is not None
+        s = self.settings
+        embedder = PromptEmbedder.from_dir(Path(s.models.embedder) if s.models.embedder else None)
+        info = EmbedderInfo(embedder.name, embedder.dimension)
+        reembedded = ensure_embedder(self._cache, info, embedder.embed)
+        judge = ReuseJudge(ReuseThresholds(tau_semantic=s.cache.tau_semantic, tau_reuse=s.cache.tau_reuse))
+        semantic = SemanticCache(self._cache, judge, dimension=embedder.dimension, top_k=s.cache.top_k,
+                                 tau_clap_reuse=s.cache.tau_clap_reuse)
+        semantic.sync()
+        log.info("semantic cache ready", extra={"embedder": embedder.name, "items": len(semantic),
+                                                "reembedded": reembedded})
+
+        def embed(prompt: str) -> Vector:
+            return embedder.embed([prompt])[0]
+
+        return semantic, embed
+
+    def _on_message(self, message: InboundMessage) -> None:
+        if self._admin is not None and self.topics.is_admin(message.topic):
+            self._admin.handle(message)
+        elif self._supervisor is not None:
             self._supervisor.handle(message)
+
+    def _refresh_cache_gauges(self) -> None:
+        if self._cache is not None:
+            totals = self._cache.totals()
+            self.metrics.cache_items.set(totals.items)
+            self.metrics.cache_bytes.set(totals.bytes)
 
     def _tick(self) -> None:
         if self._cache is not None:
@@ -151,9 +189,12 @@ class Appliance:
         if pool is not None:
             pool.stop(timeout_s=max(1.0, deadline - time.monotonic()))  # queued → unavailable
         if supervisor is not None:
+            supervisor.close()
             answered_by = time.monotonic() + 2.0
             while supervisor.in_flight() and time.monotonic() < answered_by:
                 time.sleep(0.02)
+        if self._admin is not None:
+            self._admin.close()
         if self._mqtt is not None:
             self._mqtt.stop()
         if self._http is not None:

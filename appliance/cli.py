@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from appliance.cli_cache import add_cache_commands
 from appliance.config import Settings, default_config_path, load_settings
 from appliance.errors import ApplianceError, ConfigError
 from appliance.logs import configure_logging
@@ -67,10 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common], help="health of the running appliance")
     status.set_defaults(handler=_status)
 
-    cache = commands.add_parser("cache", help="inspect and maintain the cache")
-    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
-    stats = cache_commands.add_parser("stats", parents=[common], help="items and bytes")
-    stats.set_defaults(handler=_cache_stats)
+    add_cache_commands(commands, common)
 
     models = commands.add_parser("models", help="model files")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -138,20 +136,6 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         _print_table("status", body)
     return 0 if ready else 1
-
-
-def _cache_stats(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.cache.store import CacheStore
-
-    store = CacheStore(settings.cache.dir, map_size_bytes=settings.cache.map_size_bytes)
-    try:
-        totals = store.totals()
-    finally:
-        store.close()
-    body = {"items": totals.items, "bytes": totals.bytes, "generation": totals.generation,
-            "dir": str(settings.cache.dir)}
-    print(json.dumps(body, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in body.items()))
-    return 0
 
 
 def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from appliance.cache.match import DEFAULT_THRESHOLDS
 from appliance.errors import ConfigError
 
 ENV_PREFIX = "APPLIANCE_"
@@ -69,6 +70,14 @@ class CacheSettings(_Section):
     max_items: int = Field(default=10_000, ge=1)
     max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
     map_size_bytes: int = Field(default=256 * 1024**2, ge=1024 * 1024)
+    semantic: bool = True
+    tau_semantic: float = Field(default=DEFAULT_THRESHOLDS.tau_semantic, ge=-1, le=1)
+    tau_reuse: float = Field(default=DEFAULT_THRESHOLDS.tau_reuse, ge=-2, le=2)
+    top_k: int = Field(default=8, ge=1, le=100)
+    duration_tolerance_s: float = Field(default=0.5, ge=0)
+    clap_check: Literal["auto", "on", "off"] = "auto"
+    tau_clap_reuse: float = Field(default=0.3, ge=-1, le=1)
+    max_pending_lookups: int = Field(default=256, ge=1)
 
 
 class GenerationSettings(_Section):
@@ -87,6 +96,7 @@ class GenerationSettings(_Section):
 class ModelSettings(_Section):
     dir: Path = Path("var/models")
     tangoflux: str = Field(default="", description="directory of real weights; empty: tiny model")
+    embedder: str = Field(default="", description="sentence-transformers dir; empty: MiniLM")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     latent_frames: Literal["needed", "reference"] = "needed"
 

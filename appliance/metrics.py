@@ -57,6 +57,14 @@ class Metrics:
         self.cache_bytes = Gauge(
             "audiogen_cache_bytes", "Bytes of audio held by the cache.", registry=r,
         )
+        self.cache_evictions = Counter(
+            "audiogen_cache_evictions_total", "Items evicted to keep the cache under its caps.",
+            registry=r,
+        )
+        self.semantic_similarity = Histogram(
+            "audiogen_semantic_similarity", "Prompt-embedding cosine of accepted semantic hits.",
+            buckets=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0), registry=r,
+        )
         self.cache_store_failures = Counter(
             "audiogen_cache_store_failures_total", "Results that could not be cached.",
             registry=r,

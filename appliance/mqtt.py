@@ -97,6 +97,7 @@ class MqttAdapter:
         self._metrics = metrics
         self._connected = threading.Event()
         self._connections = 0
+        self._stopping = False
         self.v5 = settings.protocol == "5"
         self._client = make_client(settings, client_id)
         self._client.will_set(status_topic, b"offline", qos=1, retain=True)
@@ -128,6 +129,7 @@ class MqttAdapter:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Publish ``offline`` (retained), wait for it to leave, disconnect."""
+        self._stopping = True
         if self.connected:
             info = self._client.publish(self._status_topic, b"offline", qos=1, retain=True)
             deadline = time.monotonic() + timeout_s
@@ -161,7 +163,9 @@ class MqttAdapter:
     ) -> None:
         self._connected.clear()
         self._metrics.mqtt_connected.set(0)
-        log.warning("disconnected from broker", extra={"reason": str(reason_code)})
+        expected = self._stopping and not getattr(reason_code, "is_failure", False)
+        log.log(logging.INFO if expected else logging.WARNING, "disconnected from broker",
+                extra={"reason": str(reason_code)})
 
     def _handle_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._metrics.mqtt_received.inc()

@@ -12,16 +12,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.audio import encode_wav
 from appliance.cache.keys import exact_key, new_item_key
+from appliance.cache.semantic import Compatibility, SemanticCache, Vector
 from appliance.cache.store import CacheItem, CacheStore
 from appliance.config import Settings
 from appliance.errors import (
     ApplianceError,
+    Busy,
     CacheError,
     InvalidRequest,
     Unavailable,
@@ -75,6 +77,7 @@ class PendingReply:
 @dataclass
 class _InFlight:
     waiters: list[PendingReply] = field(default_factory=list)
+    vector: Vector | None = None
 
 
 class Supervisor:
@@ -90,6 +93,8 @@ class Supervisor:
         metrics: Metrics,
         model_name: str,
         audio_base_url: str,
+        semantic: SemanticCache | None = None,
+        embed: Callable[[str], Vector] | None = None,
     ) -> None:
         self._settings = settings
         self._topics = Topics.from_settings(settings.node)
@@ -102,6 +107,12 @@ class Supervisor:
         self._inflight: dict[str, _InFlight] = {}
         self._lock = threading.Lock()
         self._accepting = True
+        self._semantic = semantic
+        self._embed = embed
+        # semantic lookups embed the prompt (~10 ms of CPU): one thread, off the network
+        # thread so that exact hits never wait behind them; bounded like the generation queue
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
+        self._lookup_slots = threading.BoundedSemaphore(settings.cache.max_pending_lookups)
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -134,6 +145,10 @@ class Supervisor:
     def stop_accepting(self) -> None:
         self._accepting = False
 
+    def close(self) -> None:
+        """Wait for the lookups under way (each ends in a reply or a queued generation)."""
+        self._lookups.shutdown(wait=True)
+
     def in_flight(self) -> int:
         with self._lock:
             return sum(len(entry.waiters) for entry in self._inflight.values())
@@ -148,9 +163,57 @@ class Supervisor:
             item = self._cache.lookup_exact(key)
             if item is not None:
                 self._metrics.cache_lookups.labels(result="exact").inc()
-                self._reply_hit(request, address, item, received_at, source)
+                self._reply_hit(request, address, item, received_at, source, match="exact",
+                                similarity=1.0)
                 return
-            self._metrics.cache_lookups.labels(result="miss").inc()
+        if self._semantic is None or self._embed is None:
+            if not request.force:
+                self._metrics.cache_lookups.labels(result="miss").inc()
+            self._generate(request, address, received_at, source, key, None)
+            return
+        if not self._lookup_slots.acquire(blocking=False):
+            raise Busy("too many semantic lookups waiting")
+        self._lookups.submit(self._lookup_then_generate, request, address, received_at, source, key)
+
+    def _lookup_then_generate(
+        self, request: Request, address: ReplyAddress, received_at: float, source: str, key: str
+    ) -> None:
+        """Runs on the lookup thread: embed, semantic hit or generation. Never raises."""
+        assert self._semantic is not None and self._embed is not None
+        params = request.params
+        try:
+            vector = self._embed(params.prompt)
+            if not request.force:
+                compatibility = Compatibility(
+                    model=self.model_name, loop=params.loop, duration_s=params.duration_s,
+                    duration_tolerance_s=self._settings.cache.duration_tolerance_s,
+                )
+                hit = self._semantic.find(params.prompt, vector, compatibility)
+                if hit is not None:
+                    self._metrics.cache_lookups.labels(result="semantic").inc()
+                    self._metrics.semantic_similarity.observe(hit.similarity)
+                    self._reply_hit(request, address, hit.item, received_at, source, match="semantic",
+                                    similarity=hit.similarity, extra={
+                                        "reuse_score": round(hit.score, 4),
+                                        "clap_reuse_score": hit.clap_score})
+                    return
+                self._metrics.cache_lookups.labels(result="miss").inc()
+            self._generate(request, address, received_at, source, key, vector)
+        except ApplianceError as error:
+            self._reply_error(address, request.request_id, error, received_at, source)
+        except Exception as exc:
+            log.exception("internal error in lookup", extra={"request_id": request.request_id})
+            self._reply_error(address, request.request_id, WorkerFailed(f"internal error: {exc}"),
+                              received_at, source)
+        finally:
+            self._lookup_slots.release()
+
+    def _generate(
+        self, request: Request, address: ReplyAddress, received_at: float, source: str, key: str,
+        vector: Vector | None,
+    ) -> None:
+        """Queue a generation, or join an identical one in flight."""
+        params = request.params
         pending = PendingReply(request, address, received_at)
         flight_key = f"force:{request.request_id}" if request.force else key
         with self._lock:
@@ -160,7 +223,7 @@ class Supervisor:
                 log.info("joined an identical generation in flight",
                          extra={"request_id": request.request_id})
                 return
-            self._inflight[flight_key] = _InFlight([pending])
+            self._inflight[flight_key] = _InFlight([pending], vector)
         log.info("queued for generation", extra={"request_id": request.request_id, "source": source})
         try:
             future = self._pool.submit(
@@ -174,7 +237,8 @@ class Supervisor:
 
     def _finish(self, flight_key: str, key: str, future: Future[GenerationResult], source: str) -> None:
         with self._lock:
-            waiters = self._inflight.pop(flight_key, _InFlight()).waiters
+            flight = self._inflight.pop(flight_key, _InFlight())
+        waiters = flight.waiters
         try:
             result = future.result()
         except ApplianceError as error:
@@ -191,7 +255,7 @@ class Supervisor:
         first = waiters[0].request
         audio = encode_wav(result.waveform, result.sample_rate)
         item = self._new_item(first, key, result, len(audio))
-        stored = self._store(item, audio)
+        stored = self._store(item, audio, flight.vector)
         for waiter in waiters:
             body = self._generation_metadata(waiter.request, item, result, stored)
             self._deliver(waiter, body, audio, item.key)
@@ -202,18 +266,23 @@ class Supervisor:
                                      "generation_s": round(result.generation_s, 3),
                                      "stored": stored, "waiters": len(waiters)})
 
-    def _store(self, item: CacheItem, audio: bytes) -> bool:
+    def _store(self, item: CacheItem, audio: bytes, vector: Vector | None) -> bool:
         """Cache the clip unless the quality gate rejects it; never fail the request."""
         score = item.clap_similarity
         if score is not None and score < self._settings.generation.tau_accept_new:
             return False
         cache = self._settings.cache
         try:
-            self._cache.put(item, audio, max_items=cache.max_items, max_bytes=cache.max_bytes)
+            result = self._cache.put(item, audio, max_items=cache.max_items, max_bytes=cache.max_bytes,
+                                     prompt_vector=vector)
         except (CacheError, OSError) as exc:
             self._metrics.cache_store_failures.inc()
             log.error("could not cache a result", extra={"key": item.key, "error": str(exc)})
             return False
+        if result.evicted:
+            self._metrics.cache_evictions.inc(len(result.evicted))
+        if self._semantic is not None and vector is not None:
+            self._semantic.added(item.key, vector, result)
         totals = self._cache.totals()
         self._metrics.cache_items.set(totals.items)
         self._metrics.cache_bytes.set(totals.bytes)
@@ -222,7 +291,8 @@ class Supervisor:
     # -- replies -------------------------------------------------------------------------
 
     def _reply_hit(
-        self, request: Request, address: ReplyAddress, item: CacheItem, received_at: float, source: str
+        self, request: Request, address: ReplyAddress, item: CacheItem, received_at: float, source: str,
+        *, match: str, similarity: float, extra: dict[str, Any] | None = None,
     ) -> None:
         self._cache.record_hit(item.key)
         body = {
@@ -230,16 +300,18 @@ class Supervisor:
             "status": "ok",
             **self._item_metadata(item),
             "cached": True,
-            "cache_type": "exact",
-            "match_type": "exact",
-            "similarity": 1.0,
+            "cache_type": match,
+            "match_type": match,
+            "similarity": round(similarity, 4),
+            **(extra or {}),
             "age_s": round(time.time() - item.generation_timestamp, 3),
             "current_config": self._current_config(request),
         }
         audio = self._cache.read_audio(item) if request.deliver != "url" else b""
         self._deliver(PendingReply(request, address, received_at), body, audio, item.key)
-        self._metrics.request_duration.labels(path="hit").observe(time.perf_counter() - received_at)
-        self._metrics.requests.labels(outcome="hit", source=source).inc()
+        path = "hit" if match == "exact" else "semantic_hit"
+        self._metrics.request_duration.labels(path=path).observe(time.perf_counter() - received_at)
+        self._metrics.requests.labels(outcome=path, source=source).inc()
 
     def _deliver(self, waiter: PendingReply, body: dict[str, Any], audio: bytes, key: str) -> None:
         request, address = waiter.request, waiter.address

@@ -46,8 +46,23 @@ class Topics:
     def progress(self, request_id: str) -> str:
         return f"{self.prefix}/progress/{request_id}"
 
+    @property
+    def admin_commands(self) -> str:
+        """Subscription for every admin command (``<prefix>/admin/<command>``)."""
+        return f"{self.prefix}/admin/+"
+
+    def admin(self, command: str) -> str:
+        return f"{self.prefix}/admin/{command}"
+
+    def admin_reply(self, command: str) -> str:
+        """Default reply topic of an admin command that named no reply address."""
+        return f"{self.prefix}/admin-reply/{command}"
+
+    def is_admin(self, topic: str) -> bool:
+        return topic.startswith(f"{self.prefix}/admin/")
+
     def subscriptions(self) -> list[str]:
-        topics = [self.request]
+        topics = [self.request, self.admin_commands]
         if self.share_group:
             topics.append(self.shared_request)
         return topics

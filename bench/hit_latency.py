@@ -32,9 +32,9 @@ from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from appliance.client import RequestClient  # noqa: E402
-from appliance.mqtt import enable_tcp_nodelay  # noqa: E402
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections  # noqa: E402
+from appliance.client import RequestClient
+from appliance.mqtt import enable_tcp_nodelay
+from appliance.testing import BrokerProcess, ServiceProcess, service_sections
 
 PROMPTS = ["rain on a tin roof", "a dog barking far away", "wind through pine trees", "a busy street"]
 
@@ -167,7 +167,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--total", type=int, default=8000)

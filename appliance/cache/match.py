@@ -30,17 +30,19 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from functools import lru_cache
+from itertools import pairwise
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "PairSignals",
     "PromptAnalysis",
-    "Role",
     "ReuseDecision",
     "ReuseJudge",
     "ReuseThresholds",
+    "Role",
     "ScoreWeights",
     "analyse_prompt",
     "compare_prompts",
@@ -165,7 +167,7 @@ def stem(word: str) -> str:
 # --------------------------------------------------------------------------------------
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """What an unaligned content word contributes to the sound asked for."""
 
     SOURCE = "source"  # a thing that makes the sound (noun)
@@ -191,8 +193,7 @@ _STOPWORDS = frozenset(
     "must up out off down away back forth around about near through throughout along across "
     "under underneath beneath above below between among amongst against toward towards via "
     "upon within so than too very just also still even again only really quite rather "
-    "somewhat slightly occasionally briefly repeatedly continuously constantly "
-    "intermittently periodically sometimes suddenly during until over past like such each "
+    "somewhat slightly sometimes suddenly during until over past like such each others "
     "every all both either neither own same other another more most less least much few "
     "lot lots bunch kind sort type bit piece way something anything s".split()
 )
@@ -349,6 +350,10 @@ _PHRASES: tuple[tuple[str, str], ...] = (
     (r"\bin step\b", " "),
     (r"\bunder (?:foot|feet)\b", "underfoot"),
     (r"\bback and forth\b", " "),
+    (r"[,;]", " ^sep "),
+    (r"\balong with\b", " ^sep "),
+    (r"\baccompanied by\b", " ^sep "),
+    (r"\bover (?=(?:a|an|the|some|loud|soft|low|quiet|distant|background)\b)", " ^sep "),
     (r"\bfollowed by\b", " ^seq "),
     (r"\band then\b", " ^seq "),
     (r"\bafterwards?\b", " ^seq "),
@@ -389,7 +394,9 @@ _MODIFIER_WORDS = frozenset(
         "asleep awake furious aggressive playful delicate icy frozen freezing damp soaked "
         "soggy indoor outdoor leisurely sluggish speedy hurried brisk faraway remote "
         "closeup miniature individual bassy treble loudly quietly softly gently heavily "
-        "calmly slowly quickly rapidly badly faintly steadily"
+        "calmly slowly quickly rapidly badly faintly steadily briefly continuously constantly "
+        "repeatedly occasionally intermittently periodically endlessly endless nonstop "
+        "incessant momentary"
     ).split()
 )
 
@@ -415,6 +422,12 @@ _SCALES: tuple[tuple[str, str, str], ...] = (
         "orchestra band",
     ),
     ("wetness", "wet damp soaked soggy rainy", "dry"),
+    (
+        "duration",
+        "continuous continuously constant constantly repeated repeatedly repetitive endless "
+        "endlessly nonstop incessant sustained",
+        "brief briefly short momentary once quick",
+    ),
     ("setting", "indoor indoors inside", "outdoor outdoors outside"),
     ("temperature", "hot warm heat", "cold cool icy frozen freezing"),
     ("mood", "angry furious aggressive", "happy cheerful playful"),
@@ -464,7 +477,8 @@ _PERSON = stem("person")
 _SOUND_GROUPS = frozenset(g for w in _SOUND_WORDS for g in _groups(w))
 _IRREGULAR_VERB_FORMS = frozenset(_IRREGULAR_VERBS) - {"song", "songs"}
 _ADJ_SUFFIXES = ("ful", "ous", "ic", "ical", "ive", "less", "ish", "able", "ible")
-_TOKEN = re.compile(r"\^seq|\^qes|[a-z0-9]+(?:[-'][a-z0-9]+)*")
+_TOKEN = re.compile(r"\^seq|\^qes|\^sep|[a-z0-9]+(?:[-'][a-z0-9]+)*")
+_SEPARATORS = frozenset("^sep and while whilst as with plus".split())
 _KNOWN = (
     _FILLERS | _GENERIC | _MOTION | _SOUND_WORDS | _CONTEXT | _MODIFIERS | _PARTS
     | frozenset(_GROUPS)
@@ -486,7 +500,8 @@ class Word:
     role: Role
     nominal: bool  # an event word used as a noun ("the whir of", "a crash", "tinkling tune")
     plural: bool
-    clause: int
+    clause: int  # index of the clause in a sequence ("X followed by Y")
+    segment: int  # index of the part between separators ("X and Y", "X while Y", ",")
 
     def aligns_with(self, other: Word) -> bool:
         return self.stem == other.stem or bool(self.groups & other.groups)
@@ -564,31 +579,37 @@ def _role(raw: str, st: str, following: str | None) -> tuple[Role, bool]:
     return Role.SOURCE, False
 
 
+@lru_cache(maxsize=4096)
 def analyse_prompt(prompt: str) -> PromptAnalysis:
-    """Split a prompt into content words with stems, synonym groups and roles."""
+    """Split a prompt into content words with stems, synonym groups and roles (cached)."""
     norm = normalise_prompt(prompt)
     raw_words = _split_words(norm)
     negated = any(w in _NEGATIONS for w in raw_words)
     numbers: set[int] = set()
-    clause = 0
+    clause = segment = 0
     reversed_order = False
-    kept: list[tuple[str, str, int]] = []  # (raw, stem or "" for a stopword, clause)
+    kept: list[tuple[str, str, int, int]] = []  # (raw, stem or "" if a stopword, clause, segment)
     for raw in raw_words:
         if raw == "^seq":
             clause += 1
+            segment += 1
         elif raw == "^qes":
             clause += 1
+            segment += 1
             reversed_order = True
+        elif raw in _SEPARATORS:
+            segment += 1
+            kept.append((raw, "", clause, segment))
         elif raw.isdigit():
             numbers.add(int(raw))
         elif raw in _NUMBER_WORDS:
             numbers.add(_NUMBER_WORDS[raw])
         elif raw in _STOPWORDS or raw in _NEGATIONS:
-            kept.append((raw, "", clause))
+            kept.append((raw, "", clause, segment))
         else:
-            kept.append((raw, stem(raw), clause))
+            kept.append((raw, stem(raw), clause, segment))
     words: list[Word] = []
-    for i, (raw, st, cl) in enumerate(kept):
+    for i, (raw, st, cl, seg) in enumerate(kept):
         if not st:
             continue
         nxt = kept[i + 1] if i + 1 < len(kept) else None
@@ -608,7 +629,7 @@ def analyse_prompt(prompt: str) -> PromptAnalysis:
                 following = nxt[0]
         role, nominal = _role(raw, st, following)
         plural = raw != st and raw.endswith("s") and not raw.endswith("ss")
-        words.append(Word(raw, st, _groups(st), role, nominal, plural, cl))
+        words.append(Word(raw, st, _groups(st), role, nominal, plural, cl, seg))
     words = _second_pass(words, kept)
     return PromptAnalysis(
         normalised=norm,
@@ -620,7 +641,7 @@ def analyse_prompt(prompt: str) -> PromptAnalysis:
     )
 
 
-def _second_pass(words: list[Word], kept: list[tuple[str, str, int]]) -> list[Word]:
+def _second_pass(words: list[Word], kept: list[tuple[str, str, int, int]]) -> list[Word]:
     """Roles that depend on the next word: noun compounds and subjects."""
     out = list(words)
     for i, w in enumerate(out[:-1]):
@@ -628,25 +649,56 @@ def _second_pass(words: list[Word], kept: list[tuple[str, str, int]]) -> list[Wo
         adjacent = _adjacent(kept, w.text, nxt.text)
         if not adjacent:
             continue
+        # Subject and present-tense verb: "a man speaks", "birds chirp", "a car accelerates".
+        after = out[i + 2] if i + 2 < len(out) else None
+        if (
+            w.role in (Role.SOURCE, Role.PART)
+            and _present_tense(w, nxt)
+            and not (after is not None and _is_verb_form(after.text))
+        ):
+            out[i + 1] = replace(nxt, role=Role.EVENT, nominal=False, plural=False)
+            continue
         # A sound noun that is the subject of an event is a source: "a drone buzzing".
         if w.role is Role.EVENT and w.nominal and nxt.role is Role.EVENT and not nxt.nominal:
             out[i] = _with_role(w, Role.SOURCE)
         # A noun right before a source noun says which kind: "ceiling fan", "tea kettle".
-        elif w.role in (Role.SOURCE, Role.CONTEXT, Role.PART) and nxt.role is Role.SOURCE:
-            if w.stem not in _PEOPLE:
-                out[i] = _with_role(w, Role.SPECIFIER)
+        elif (
+            w.role in (Role.SOURCE, Role.CONTEXT, Role.PART)
+            and nxt.role is Role.SOURCE
+            and w.stem not in _PEOPLE
+        ):
+            out[i] = _with_role(w, Role.SPECIFIER)
     return out
 
 
-def _adjacent(kept: list[tuple[str, str, int]], first: str, second: str) -> bool:
-    for j in range(len(kept) - 1):
-        if kept[j][0] == first and kept[j + 1][0] == second:
-            return True
-    return False
+def _present_tense(subject: Word, verb: Word) -> bool:
+    """Whether ``verb`` reads as a present-tense verb of ``subject`` (number agreement)."""
+    if verb.role not in (Role.SOURCE, Role.EVENT) or _is_verb_form(verb.text):
+        return False
+    if verb.role is Role.EVENT and not verb.nominal:
+        return False
+    third_person = verb.text.endswith("s") and not verb.text.endswith("ss") and verb.plural
+    if subject.plural or subject.text in _PLURAL_SUBJECTS:
+        return verb.role is Role.EVENT and not verb.text.endswith("s")
+    if not third_person:
+        return False
+    # "a man speaks" / "a dog barks": a sound word, or a word we do not know as a noun.
+    return verb.role is Role.EVENT or verb.stem not in _KNOWN
+
+
+_PLURAL_SUBJECTS = frozenset(
+    "people men women children kids geese mice feet teeth police cattle sheep deer".split()
+)
+
+
+def _adjacent(kept: list[tuple[str, str, int, int]], first: str, second: str) -> bool:
+    return any(
+        kept[j][0] == first and kept[j + 1][0] == second for j in range(len(kept) - 1)
+    )
 
 
 def _with_role(w: Word, role: Role) -> Word:
-    return Word(w.text, w.stem, w.groups, role, False, w.plural, w.clause)
+    return replace(w, role=role, nominal=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -696,8 +748,8 @@ def _align(a: PromptAnalysis, b: PromptAnalysis) -> tuple[int, list[Word], list[
             left_b.remove(hit)
             matched += 1
     # A word said twice on one side and once on the other ("printer printing" / "printer").
-    rest_a = [w for w in rest_a if not any(w.aligns_with(v) for v in cb)]
-    left_b = [w for w in left_b if not any(w.aligns_with(v) for v in ca)]
+    rest_a = [w for w in rest_a if not _said_twice(w, ca, cb)]
+    left_b = [w for w in left_b if not _said_twice(w, cb, ca)]
     # Modifiers at the same pole of a scale say the same thing ("light" / "gentle" rain).
     for w in list(rest_a):
         pole = _SCALE_OF.get(w.stem)
@@ -714,12 +766,19 @@ def _align(a: PromptAnalysis, b: PromptAnalysis) -> tuple[int, list[Word], list[
     return matched, rest_a, left_b
 
 
+def _said_twice(w: Word, own: list[Word], other: list[Word]) -> bool:
+    """w repeats a word of its own segment that the other prompt has ("printer printing")."""
+    return any(
+        v is not w and v.segment == w.segment and w.aligns_with(v) for v in own
+    ) and any(w.aligns_with(v) for v in other)
+
+
 def _join_compounds(pairs_side: list[Word], words_side: list[Word]) -> int:
     """Two words on one side written as one on the other ("lawn mower" / "lawnmower").
     Removes what it aligns from both lists; returns the number of alignments."""
     found = 0
     for v in list(words_side):
-        for w1, w2 in zip(pairs_side, pairs_side[1:], strict=False):
+        for w1, w2 in pairwise(pairs_side):
             if v.text in (w1.text + w2.text, w1.text + w2.stem, w1.stem + w2.stem):
                 pairs_side.remove(w1)
                 pairs_side.remove(w2)
@@ -852,13 +911,29 @@ def compare_prompts(a: PromptAnalysis, b: PromptAnalysis) -> PairSignals:
         if other:
             continue
         new_src = [w for w in extra if w.role is Role.SOURCE and not _is_person(w)]
-        new_ev = [w for w in extra if w.role is Role.EVENT and not w.nominal]
+        new_ev = [
+            w
+            for w in extra
+            if (w.role is Role.EVENT and not w.nominal) or w.role in (Role.GENERIC, Role.MOTION)
+        ]
         if new_src and new_ev and any(x.clause == y.clause for x in new_src for y in new_ev):
             conflicts.append(
                 "an extra sound on one side: "
                 f"{' '.join(w.text for w in new_src)} {' '.join(w.text for w in new_ev)}"
             )
             break
+
+    # Every sound (a source with what it does) on one side must be on the other too.
+    extra_units = _uncovered_units(a, b) + _uncovered_units(b, a)
+    # In a prompt that lists several sounds, an event the other prompt lacks is one more.
+    for x, extra, other in ((a, ua, ev_b), (b, ub, ev_a)):
+        if extra_units or any(w.role is Role.EVENT for w in other) or not _multi_segment(x):
+            continue
+        lone = [w.text for w in extra if w.role is Role.EVENT and not _describes_source(w, x)]
+        if lone:
+            extra_units.append(" ".join(lone))
+    if extra_units:
+        conflicts.append("an extra sound on one side: " + "; ".join(extra_units))
 
     # Different noun specifiers of one source: "a train horn" / "a ship horn".
     spec_a = [w for w in ua if w.role is Role.SPECIFIER]
@@ -876,8 +951,8 @@ def compare_prompts(a: PromptAnalysis, b: PromptAnalysis) -> PairSignals:
 
     # A sequence of sounds on one side only, or the same sounds in another order.
     if a.clauses != b.clauses:
-        longer, extra = (a, ua) if a.clauses > b.clauses else (b, ub)
-        if any(_salient(w) for w in extra):
+        extra = ua if a.clauses > b.clauses else ub
+        if any(w.role not in (Role.CONTEXT, Role.FILLER) for w in extra):
             conflicts.append("a sequence of sounds on one side only")
     elif a.clauses > 1:
         oa, ob = _order(a), _order(b)
@@ -890,8 +965,86 @@ def compare_prompts(a: PromptAnalysis, b: PromptAnalysis) -> PairSignals:
         matched=matched,
         unmatched_a=tuple(w for w in ua if w not in ev_free),
         unmatched_b=tuple(w for w in ub if w not in ev_free),
-        conflicts=tuple(conflicts),
+        conflicts=tuple(dict.fromkeys(conflicts)),
     )
+
+
+def _multi_segment(x: PromptAnalysis) -> bool:
+    return len({w.segment for w in x.words if w.role is not Role.FILLER}) > 1
+
+
+def _describes_source(w: Word, x: PromptAnalysis) -> bool:
+    """A sound noun that says how a source sounds: "the whir of a fan", "crackle and
+    beep of a radio", "a whistling kettle"."""
+    if not w.nominal:
+        return False
+    words = list(x.words)
+    i = words.index(w)
+    rest = words[i + 1 :]
+    return any(v.role in (Role.SOURCE, Role.SPECIFIER) and v.segment == w.segment for v in rest) or (
+        bool(rest) and rest[0].segment != w.segment and rest[0].role is Role.EVENT
+    )
+
+
+def _units(x: PromptAnalysis) -> dict[int, list[Word]]:
+    """Segments of x that name a source: one sound each ("a dog barks", "a man speaks")."""
+    segs: dict[int, list[Word]] = {}
+    for w in x.words:
+        if w.role is not Role.FILLER:
+            segs.setdefault(w.segment, []).append(w)
+    return {
+        k: v for k, v in segs.items() if any(w.role in (Role.SOURCE, Role.PART) for w in v)
+    }
+
+
+def _uncovered_units(x: PromptAnalysis, y: PromptAnalysis) -> list[str]:
+    """Sounds of x with no counterpart in y (counted: two men speaking are two sounds)."""
+    units_y = _units(y)
+    free_y = dict(units_y)
+    y_events = [w for w in y.words if w.role in (Role.EVENT, Role.GENERIC)]
+    out: list[str] = []
+    segs_x = [w.segment for w in x.words if w.role is not Role.FILLER]
+    multi = len(set(segs_x)) > 1
+    for words in _units(x).values():
+        named = [w for w in words if w.role in (Role.SOURCE, Role.PART) and not _is_person(w)]
+        if named:
+            hit = next(
+                (
+                    k
+                    for k, v in free_y.items()
+                    if any(
+                        n.aligns_with(m) or _compound_match(n.stem, m.stem)
+                        for n in named
+                        for m in v
+                        if m.role in (Role.SOURCE, Role.SPECIFIER, Role.PART)
+                    )
+                ),
+                None,
+            )
+            if hit is None and any(
+                n.aligns_with(m) for n in named for m in y.words if m.role is Role.SOURCE
+            ):
+                hit = -1  # the source is there, named in a segment already used
+            if hit is None:
+                if multi or len(units_y) > 1:
+                    out.append(" ".join(w.text for w in words))
+            elif hit >= 0:
+                del free_y[hit]
+            continue
+        # "someone sighing": a person doing something. Covered by a person in y, or by
+        # y's same event with no named source ("a long sigh").
+        humans = [
+            k for k, v in free_y.items() if any(w.stem in _PEOPLE or _is_person(w) for w in v)
+        ]
+        if humans:
+            del free_y[humans[0]]
+            continue
+        events = [w for w in words if w.role in (Role.EVENT, Role.GENERIC)]
+        if not units_y and any(e.aligns_with(v) for e in events for v in y_events):
+            continue
+        if multi or len(units_y) > 1:
+            out.append(" ".join(w.text for w in words))
+    return out
 
 
 def _agent_patient(x: PromptAnalysis, y: PromptAnalysis) -> tuple[str, str] | None:
@@ -1044,4 +1197,8 @@ class ReuseJudge:
         return ReuseDecision(True, score, cos, f"score {score:.3f} >= tau_reuse {t.tau_reuse:.3f}")
 
 
-DEFAULT_THRESHOLDS = ReuseThresholds(tau_semantic=0.5, tau_reuse=0.7)
+# Calibrated for precision first (docs/semantic-matching.md): labelled pairs give the
+# recall, a hand-labelled sample of AudioCaps reuses the precision of multi-sound prompts.
+# A candidate can only pass with cosine >= tau_reuse - aligned_bonus (0.65), so the prefilter
+# sits a little below that.
+DEFAULT_THRESHOLDS = ReuseThresholds(tau_semantic=0.6, tau_reuse=0.75)

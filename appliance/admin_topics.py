@@ -1,0 +1,119 @@
+"""The MQTT side of the admin API: ``<base>/<node>/admin/<command>`` → one reply.
+
+The body is a JSON object holding the command's arguments (the same names as
+:class:`~appliance.admin.AdminDispatcher` takes) plus three envelope fields that are not
+arguments: ``request_id``, ``reply_to`` (MQTT 3.1.1 clients) and ``client_id`` (who asks,
+for the audit log; MQTT does not tell a subscriber who published). The reply goes to the
+MQTT 5 Response Topic (with its Correlation Data), else ``reply_to``, else
+``<base>/<node>/admin-reply/<command>``.
+
+Commands run one at a time on their own thread, so a slow ``duplicates`` over a large cache
+never holds up the network thread that answers cache hits; the queue of waiting commands is
+bounded and a command beyond it is answered ``busy``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.admin import AdminDispatcher
+from appliance.errors import ApplianceError, Busy, InvalidRequest
+from appliance.mqtt import InboundMessage
+from appliance.protocol import (
+    check_payload_size,
+    decode_json_object,
+    encode,
+    error_reply,
+    is_valid_publish_topic,
+)
+from appliance.supervisor import Publisher
+from appliance.topics import Topics
+
+log = logging.getLogger(__name__)
+
+_ENVELOPE = ("request_id", "reply_to", "client_id")
+MAX_WAITING_COMMANDS = 16
+
+
+@dataclass(frozen=True)
+class _Address:
+    topic: str
+    correlation_data: bytes | None
+
+
+class AdminTopicHandler:
+    """Turns admin messages into dispatcher calls and their results into replies."""
+
+    def __init__(
+        self, dispatcher: AdminDispatcher, publisher: Publisher, topics: Topics, *,
+        max_payload_bytes: int, after_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._publisher = publisher
+        self._topics = topics
+        self._max_payload_bytes = max_payload_bytes
+        self._after_change = after_change
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin")
+        self._slots = threading.BoundedSemaphore(MAX_WAITING_COMMANDS)
+
+    def handle(self, message: InboundMessage) -> None:
+        """Queue one admin message; never raises."""
+        command = message.topic.rsplit("/", 1)[-1]
+        if not self._slots.acquire(blocking=False):
+            self._reply(self._address(message, None, command),
+                        error_reply(None, Busy("too many admin commands waiting")))
+            return
+        self._executor.submit(self._run, message, command)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def _run(self, message: InboundMessage, command: str) -> None:
+        request_id: str | None = None
+        address = self._address(message, None, command)
+        try:
+            check_payload_size(message.payload, self._max_payload_bytes)
+            body = decode_json_object(message.payload) if message.payload.strip() else {}
+            request_id = _optional_str(body, "request_id")
+            address = self._address(message, _optional_str(body, "reply_to"), command)
+            client_id = _optional_str(body, "client_id")
+            args = {name: value for name, value in body.items() if name not in _ENVELOPE}
+            result = self._dispatcher.dispatch(command, args, source="mqtt", client_id=client_id)
+            if result.get("removed_count") and not result.get("dry_run") and self._after_change:
+                self._after_change()
+            self._reply(address, {"request_id": request_id, "status": "ok", **result})
+        except ApplianceError as error:
+            log.warning("admin command refused", extra={"command": command, "code": error.code,
+                                                        "error": error.message})
+            self._reply(address, error_reply(request_id, error))
+        except Exception as exc:  # a bug answers the command instead of dropping it
+            log.exception("admin command failed", extra={"command": command})
+            self._reply(address, error_reply(request_id, ApplianceError(str(exc))))
+        finally:
+            self._slots.release()
+
+    def _address(self, message: InboundMessage, reply_to: str | None, command: str) -> _Address:
+        if message.response_topic:
+            return _Address(message.response_topic, message.correlation_data)
+        if reply_to is not None and not self._topics.is_reserved(reply_to):
+            return _Address(reply_to, None)
+        return _Address(self._topics.admin_reply(command), None)
+
+    def _reply(self, address: _Address, body: dict[str, Any]) -> None:
+        self._publisher.publish(address.topic, encode(body), correlation_data=address.correlation_data)
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise InvalidRequest(f"{name} must be a non-empty string of at most 200 characters")
+    if name == "reply_to" and not is_valid_publish_topic(value):
+        raise InvalidRequest("reply_to is not a topic one can publish to")
+    return value

