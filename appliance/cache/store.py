@@ -96,6 +96,35 @@ class PutResult:
 
 
 @dataclass(frozen=True)
+class IntegrityReport:
+    """What :meth:`CacheStore.verify` found; ``ok`` when nothing disagrees.
+
+    ``orphan_files`` are expected after a crash between a file write and its transaction
+    (the start-up sweep removes them); everything else is damage.
+    """
+
+    items: int
+    orphan_files: list[str]
+    items_without_audio: list[str]
+    audio_size_mismatch: list[str]
+    dangling_exact_entries: list[str]
+    dangling_vectors: list[str]
+    bad_vectors: list[str]
+    total_bytes_recorded: int
+    total_bytes_actual: int
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.items_without_audio or self.audio_size_mismatch or self.dangling_exact_entries
+                    or self.dangling_vectors or self.bad_vectors
+                    or self.total_bytes_recorded != self.total_bytes_actual)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and not self.orphan_files
+
+
+@dataclass(frozen=True)
 class EmbedderInfo:
     """Which sentence embedder made the stored prompt vectors."""
 
@@ -326,6 +355,44 @@ class CacheStore:
             log.warning("cache sweep", extra={"orphan_files": orphans, "broken_items": len(broken)})
         return orphans, len(broken)
 
+    def verify(self) -> IntegrityReport:
+        """Check that metadata, audio files, the exact index and the vectors agree."""
+        def read(txn: lmdb.Transaction) -> IntegrityReport:
+            items = {bytes(k).decode(): CacheItem.from_json(v) for k, v in txn.cursor(db=self._items)}
+            files = {path.name: path for path in self.audio_dir.iterdir()}
+            named = {f"{key}.{item.audio_format}" for key, item in items.items()}
+            missing, mismatch = [], []
+            for key, item in items.items():
+                path = files.get(f"{key}.{item.audio_format}")
+                if path is None:
+                    missing.append(key)
+                elif path.stat().st_size != item.audio_bytes:
+                    mismatch.append(key)
+            dangling_exact = [bytes(k).decode() for k, v in txn.cursor(db=self._exact)
+                              if bytes(v).decode() not in items]
+            dangling, bad = [], []
+            dimension = None
+            for db in (self._vectors, self._clap):
+                for raw_key, value in txn.cursor(db=db):
+                    key = bytes(raw_key).decode()
+                    if key not in items:
+                        dangling.append(key)
+                    elif len(value) == 0 or len(value) % 4:
+                        bad.append(key)
+                    elif db is self._vectors:
+                        dimension = dimension or len(value)
+                        if len(value) != dimension:
+                            bad.append(key)
+            return IntegrityReport(
+                items=len(items), orphan_files=sorted(set(files) - named),
+                items_without_audio=missing, audio_size_mismatch=mismatch,
+                dangling_exact_entries=dangling_exact, dangling_vectors=dangling, bad_vectors=bad,
+                total_bytes_recorded=_int(txn.get(_TOTAL_BYTES, db=self._meta)),
+                total_bytes_actual=sum(item.audio_bytes for item in items.values()),
+            )
+
+        return self._read(read)
+
     def close(self) -> None:
         if not self._closed:
             self.flush_hits()
@@ -417,11 +484,15 @@ def _eviction_rank(item: CacheItem) -> tuple[float, float]:
 
 def _write_file_durably(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave half a file behind
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -1,0 +1,66 @@
+"""Bursts against the real service: every request answered exactly once; coalescing.
+
+The full-size burst (5,000 requests) is bench/load.py; this is the same generator at a size
+that keeps the suite short.
+"""
+
+from __future__ import annotations
+
+import re
+
+from appliance.client import RequestClient
+from appliance.loadgen import burst
+from tests.conftest import Broker, Service
+
+CACHED = ["rain on a tin roof", "a dog barking in the distance", "wind through pine trees"]
+PARAPHRASES = ["a dog barks far away"]
+
+
+def _prefill(service: Service, broker: Broker) -> None:
+    client = RequestClient(broker.settings(), service.topics)
+    client.connect()
+    try:
+        for prompt in CACHED:
+            assert client.request({"prompt": prompt, "duration_s": 1}, timeout_s=120).body["status"] == "ok"
+    finally:
+        client.close()
+
+
+def _generations(service: Service) -> float:
+    _, metrics = service.http_bytes("/metrics")
+    found = re.search(rb"^audiogen_generation_seconds_count (\S+)$", metrics, re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
+def test_mixed_burst_from_several_clients_is_answered_exactly_once(service: Service, broker: Broker) -> None:
+    _prefill(service, broker)
+    per_client = []
+    for client in range(4):
+        bodies = []
+        for index in range(150):
+            kind = index % 10
+            if kind < 5:
+                bodies.append({"prompt": CACHED[index % len(CACHED)], "duration_s": 1})
+            elif kind < 7:
+                bodies.append({"prompt": PARAPHRASES[0], "duration_s": 1})
+            else:
+                bodies.append({"prompt": f"miss {client}-{index}", "duration_s": 1, "steps": 2})
+        per_client.append(bodies)
+    report = burst(broker.host, broker.port, service.topics.request, per_client, window=32, timeout_s=240)
+    assert (report.sent, report.lost, report.duplicated, report.unknown) == (600, 0, 0, 0), report
+    assert report.outcomes["exact"] == 300, report.outcomes
+    assert set(report.outcomes) <= {"exact", "semantic", "generated", "busy"}, report.outcomes
+    assert report.outcomes["semantic"] >= 120, "every paraphrase of a cached prompt is a semantic hit"
+    assert report.outcomes["generated"] >= 1
+    status, _ = service.http_json("/readyz")
+    assert status == 200
+
+
+def test_identical_prompts_in_flight_are_generated_once(service: Service, broker: Broker) -> None:
+    before = _generations(service)
+    body = {"prompt": "a cuckoo clock striking noon", "duration_s": 2, "steps": 40}
+    report = burst(broker.host, broker.port, service.topics.request, [[body]] * 8, window=1, timeout_s=120)
+    assert (report.sent, report.lost, report.duplicated) == (8, 0, 0), report
+    assert report.outcomes == {"generated": 8}, report.outcomes
+    assert _generations(service) - before == 1, "eight identical requests must cost one generation"
