@@ -56,6 +56,7 @@ ENV PATH=/opt/audiogen/.venv/bin:$PATH \
     HOME=/var/lib/audiogen \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    CUDA_DEVICE_ORDER=PCI_BUS_ID \
     APPLIANCE_HTTP__HOST=0.0.0.0 \
     APPLIANCE_HTTP__PORT=8380 \
     APPLIANCE_WORKERS__DEVICES='["0"]' \

@@ -5,10 +5,17 @@ background) → HTTP → MQTT. Cache hits are served as soon as MQTT is up, even
 workers still load. SIGTERM/SIGINT drain: stop taking requests, let the generations in
 flight finish (up to ``drain_timeout_s``), answer the queued ones ``unavailable``, publish
 ``offline``, close the cache.
+
+Under systemd (``Type=notify``) the main loop tells systemd ``READY=1`` once ``/readyz``
+would say ready (broker connected, cache open, a worker ready), pings ``WATCHDOG=1`` on every
+turn (so a stuck loop stops the pings and systemd restarts the service), keeps ``STATUS=``
+current and says ``STOPPING=1`` when the drain begins. The same loop flushes hit counts to the
+cache and publishes the retained ``<base>/<node>/stats`` summary.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -30,6 +37,8 @@ from appliance.metrics import Metrics
 from appliance.models.embedder import PromptEmbedder
 from appliance.models.files import generator_identity
 from appliance.mqtt import InboundMessage, MqttAdapter
+from appliance.sdnotify import SystemdNotifier
+from appliance.stats import Periodic, WorkerCounts, stats_message
 from appliance.supervisor import Supervisor
 from appliance.topics import Topics
 from appliance.worker.pool import WorkerPool
@@ -37,16 +46,27 @@ from appliance.worker.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 HIT_FLUSH_INTERVAL_S = 2.0
+# The main loop's longest sleep: READY=1 follows the first ready worker within it. Shorter
+# when the systemd watchdog asks for pings more often (WATCHDOG_USEC / 2).
+MAX_TICK_S = 0.5
 
 
 class Appliance:
     """The running service."""
 
-    def __init__(self, settings: Settings, *, drain_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, settings: Settings, *, drain_timeout_s: float = 30.0,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
         self.settings = settings
         self.drain_timeout_s = drain_timeout_s
         self.metrics = Metrics()
         self.topics = Topics.from_settings(settings.node)
+        self._notifier = notifier or SystemdNotifier.from_environment()
+        self._ready_notified = False
+        self._status_line = ""
+        self._hit_flush = Periodic(HIT_FLUSH_INTERVAL_S, start_due=False)
+        self._stats = Periodic(settings.stats.interval_s)
         self._stop = threading.Event()
         self._started_at = time.time()
         self._broker: EmbeddedBroker | None = None
@@ -65,12 +85,18 @@ class Appliance:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         try:
+            self._notify_status("starting")
             self._start()
-            while not self._stop.wait(HIT_FLUSH_INTERVAL_S):
+            while not self._stop.wait(self.tick_interval_s()):
                 self._tick()
         finally:
             self._shutdown()
         return 0
+
+    def tick_interval_s(self) -> float:
+        """How long the main loop sleeps between turns."""
+        watchdog = self._notifier.watchdog_interval_s
+        return min(MAX_TICK_S, watchdog) if watchdog else MAX_TICK_S
 
     def _start(self) -> None:
         s = self.settings
@@ -90,17 +116,20 @@ class Appliance:
         self._cache = CacheStore(s.cache.dir, map_size_bytes=s.cache.map_size_bytes)
         self._cache.sweep()
         self._refresh_cache_gauges()
+        self.metrics.cache_max_items.set(s.cache.max_items)
+        self.metrics.cache_max_bytes.set(s.cache.max_bytes)
+        self.metrics.queue_capacity.set(s.workers.queue_size)
         self._pool = WorkerPool(s, self.metrics)
         self._pool.start()
         self._http = HttpServer(
             s.http.host, s.http.port, cache=self._cache, metrics=self.metrics,
-            health=self.health, readiness=self.readiness,
+            health=self.health, readiness=self.readiness, audio_token=s.http.audio_token,
         )
         self._http.start()
         base_url = s.http.public_url or f"http://{s.http.host}:{self._http.port}"
         self._mqtt = MqttAdapter(
             s.broker,
-            client_id=s.broker.client_id or f"appliance-{self.topics.node}-{os.getpid()}",
+            client_id=s.broker.client_id or f"appliance-{self.topics.node}",
             status_topic=self.topics.status,
             subscriptions=self.topics.subscriptions(),
             on_message=self._on_message,
@@ -154,8 +183,61 @@ class Appliance:
             self.metrics.cache_bytes.set(totals.bytes)
 
     def _tick(self) -> None:
-        if self._cache is not None:
-            self._cache.flush_hits()
+        """One turn of the main loop. Never raises: a failing chore must not stop the loop."""
+        self._notifier.watchdog()
+        try:
+            if self._cache is not None and self._hit_flush.due():
+                self._cache.flush_hits()
+                self._refresh_cache_gauges()  # also sees what `appliance cache …` changed
+            ready, body = self.readiness()
+            if ready and not self._ready_notified:
+                self._ready_notified = True
+                self._status_line = self._describe(ready, body)
+                self._notifier.ready(self._status_line)
+                log.info("ready", extra={"workers_ready": self._pool.ready_count() if self._pool else 0})
+                if self._mqtt is not None and self.settings.stats.interval_s > 0:
+                    self._publish_stats()  # the first summary that counts a ready worker
+            else:
+                self._notify_status(self._describe(ready, body))
+            if self._mqtt is not None and self._mqtt.connected and self._stats.due():
+                self._publish_stats()
+        except Exception:
+            log.exception("main loop chore failed")
+
+    def _describe(self, ready: bool, body: dict[str, Any]) -> str:
+        """The one-line STATUS= text that `systemctl status` shows."""
+        ready_workers = self._pool.ready_count() if self._pool else 0
+        workers = f"{ready_workers}/{len(self.settings.workers.devices)} workers ready"
+        if ready:
+            return f"ready: {workers}"
+        state = "starting" if not self._ready_notified else "not ready"
+        return f"{state}: {'; '.join(body['reasons'])} ({workers})"
+
+    def _notify_status(self, line: str) -> None:
+        if line != self._status_line:
+            self._status_line = line
+            self._notifier.status(line)
+
+    def _publish_stats(self) -> None:
+        assert self._mqtt is not None
+        workers = WorkerCounts(self._pool.ready_count() if self._pool else 0,
+                               len(self.settings.workers.devices))
+        message = stats_message(self.metrics.summary(), node=self.topics.node, workers=workers,
+                                mqtt_connected=self._mqtt.connected)
+        self._mqtt.publish(self.topics.stats, json.dumps(message).encode(), retain=True)
+
+    def notes(self) -> list[str]:
+        """What an operator must know about the models in use (shown by `appliance status`)."""
+        notes = []
+        if self.settings.models.uses_tiny:
+            notes.append("TINY random-weight TangoFlux: generated audio is noise "
+                         "(set models.tangoflux to a directory of real weights)")
+        states = self._pool.states() if self._pool else []
+        if self.settings.models.uses_tiny_clap or any(s.get("scorer_random") for s in states):
+            notes.append("random-weight CLAP scorer: clap_similarity means nothing, so the quality "
+                         "gate and the CLAP check of semantic hits are off unless forced on "
+                         "(set models.clap to a directory of real LAION-CLAP weights)")
+        return notes
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         return True, {"status": "ok", "pid": os.getpid(),
@@ -173,12 +255,15 @@ class Appliance:
         body: dict[str, Any] = {"status": "ready" if not reasons else "not_ready",
                                 "reasons": reasons,
                                 "workers": self._pool.states() if self._pool else [],
-                                "model_tiny": self.settings.models.uses_tiny}
+                                "model_tiny": self.settings.models.uses_tiny,
+                                "notes": self.notes()}
         return not reasons, body
 
     def _shutdown(self) -> None:
         log.info("draining")
         supervisor, pool = self._supervisor, self._pool
+        in_flight = supervisor.in_flight() if supervisor is not None else 0
+        self._notifier.stopping(f"draining: {in_flight} requests in flight")
         if supervisor is not None:
             supervisor.stop_accepting()
         if pool is not None:
@@ -203,4 +288,6 @@ class Appliance:
             self._cache.close()
         if self._broker is not None:
             self._broker.stop()
+        self._notifier.status("stopped")
+        self._notifier.close()
         log.info("stopped")

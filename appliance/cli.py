@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli_cache import add_cache_commands
+from appliance.cli_models import add_models_commands
 from appliance.config import Settings, default_config_path, load_settings
 from appliance.errors import ApplianceError, ConfigError
 from appliance.logs import configure_logging
@@ -70,12 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_cache_commands(commands, common)
 
-    models = commands.add_parser("models", help="model files")
-    model_commands = models.add_subparsers(dest="models_command", required=True)
-    tiny = model_commands.add_parser("build-tiny", parents=[common],
-                                     help="write the tiny random-weight TangoFlux")
-    tiny.add_argument("--out", type=Path, help="directory (default: the configured tiny dir)")
-    tiny.set_defaults(handler=_build_tiny)
+    add_models_commands(commands, common)
     return parser
 
 
@@ -101,7 +97,25 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
     client = RequestClient(settings.broker, Topics.from_settings(settings.node))
     client.connect()
     try:
-        reply = client.request(body, timeout_s=args.timeout, want_audio=args.out is not None)
+        if sys.stderr.isatty():  # a progress bar of the denoising steps, on the terminal only
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=Console(stderr=True)) as bar:
+                task = bar.add_task("waiting", total=None)
+                reply = client.request(
+                    body, timeout_s=args.timeout, want_audio=args.out is not None,
+                    on_progress=lambda step, total: bar.update(
+                        task, description="generating", completed=step, total=total))
+        else:
+            reply = client.request(body, timeout_s=args.timeout, want_audio=args.out is not None)
     finally:
         client.close()
     if reply.body.get("status") != "ok":
@@ -133,18 +147,18 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         body, ready = {"status": "down", "reasons": [f"no answer at {url}: {exc}"]}, False
     if args.json:
         print(json.dumps(body, indent=2))
-    else:
-        _print_table("status", body)
+        return 0 if ready else 1
+    workers = body.pop("workers", [])
+    notes = body.pop("notes", [])
+    _print_table("status", body)
+    for worker in workers:  # one line per worker: its state, process and model
+        line = (f"worker {worker.get('name')} (device {worker.get('gpu')}): {worker.get('state')}, "
+                f"pid {worker.get('pid')}, model {worker.get('model') or '-'}, "
+                f"load {worker.get('load_s', 0):.1f} s, restarts {worker.get('restarts', 0)}")
+        print(line + (f", last error: {worker['last_error']}" if worker.get("last_error") else ""))
+    for note in notes:
+        print(f"NOTE: {note}")
     return 0 if ready else 1
-
-
-def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.models.tiny import build_tiny_tangoflux
-
-    out = args.out or settings.models.dir / "tiny-tangoflux"
-    path = build_tiny_tangoflux(out)
-    print(json.dumps({"path": str(path)}) if args.json else f"tiny TangoFlux written to {path}")
-    return 0
 
 
 def _print_table(title: str, body: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ class RequestClient:
         self._audio: dict[str, bytes] = {}
         self._events: dict[str, threading.Event] = {}
         self._progress: dict[str, list[tuple[int, int]]] = {}
+        self._progress_callbacks: dict[str, Callable[[int, int], None]] = {}
         self._host, self._port = broker.host, broker.port
 
     def connect(self, timeout_s: float = 10.0) -> None:
@@ -59,13 +61,20 @@ class RequestClient:
         self._client.loop_stop()
 
     def request(self, body: dict[str, Any], *, timeout_s: float = 600.0,
-                want_audio: bool = False) -> Reply:
-        """Send one request and wait for its reply (and its audio, when asked for)."""
+                want_audio: bool = False,
+                on_progress: Callable[[int, int], None] | None = None) -> Reply:
+        """Send one request and wait for its reply (and its audio, when asked for).
+
+        ``on_progress(step, total)`` is called (on the MQTT thread) for each denoising step
+        the appliance publishes.
+        """
         request_id = str(body.setdefault("request_id", uuid.uuid4().hex))
         event = threading.Event()
         with self._lock:
             self._events[request_id] = event
             self._progress[request_id] = []
+            if on_progress is not None:
+                self._progress_callbacks[request_id] = on_progress
         self._client.subscribe(self._topics.progress(request_id), qos=0)
         reply_topic = f"{self._reply_topic}/{request_id}"
         properties = None
@@ -82,6 +91,7 @@ class RequestClient:
             reply = self._replies.pop(request_id, None)
             self._events.pop(request_id, None)
             progress = self._progress.pop(request_id, [])
+            self._progress_callbacks.pop(request_id, None)
         if not deadline_ok or reply is None:
             raise GenerationTimeout(f"no reply to {request_id} within {timeout_s:.0f} s")
         audio = None
@@ -132,3 +142,6 @@ class RequestClient:
         with self._lock:
             if request_id in self._progress:
                 self._progress[request_id].append((step, total))
+            callback = self._progress_callbacks.get(request_id)
+        if callback is not None:
+            callback(step, total)

@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from appliance.cache.match import DEFAULT_THRESHOLDS
 from appliance.errors import ConfigError
@@ -57,12 +64,65 @@ class BrokerSettings(_Section):
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     max_packet_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # TLS to the broker (docs/security.md). The embedded broker is plaintext on loopback only.
+    tls: bool = False
+    ca_file: str = Field(default="", description="CA bundle (PEM); empty: the system's CAs")
+    cert_file: str = Field(default="", description="client certificate (PEM); empty: none")
+    key_file: str = Field(default="", description="client key (PEM); empty: in cert_file")
+    tls_insecure: bool = Field(default=False, description="skip the host name check (never)")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable_file(cls, value: str) -> str:
+        if value and not (Path(value).is_file() and os.access(value, os.R_OK)):
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_needs_cert(cls, value: str, info: ValidationInfo) -> str:
+        if value and not info.data.get("cert_file"):
+            raise ValueError("a client key needs broker.cert_file (the client certificate)")
+        return value
+
+    @field_validator("embedded")
+    @classmethod
+    def _embedded_on_loopback(cls, value: bool, info: ValidationInfo) -> bool:
+        host = str(info.data.get("host", "127.0.0.1"))
+        if value and not (host.startswith("127.") or host in ("localhost", "::1")):
+            raise ValueError(
+                f"the embedded broker is anonymous and plaintext, so it listens on loopback only, "
+                f"not {host!r}: for devices on the network run mosquitto with TLS, accounts and "
+                "an ACL (docs/security.md) and set broker.embedded = false"
+            )
+        return value
+
+    @field_validator("tls")
+    @classmethod
+    def _no_tls_to_embedded(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("embedded", False):
+            raise ValueError(
+                "the embedded broker is plaintext on loopback only; TLS is for a separate "
+                "broker: set broker.embedded = false (and host/port of that broker) or tls = false"
+            )
+        return value
+    # the broker keeps the supervisor's subscriptions and queues its QoS 1 requests while it
+    # is away (a reconnect, a restart) for this long; 0: a clean session on every connect
+    session_expiry_s: int = Field(default=3600, ge=0, le=7 * 86400)
 
 
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8380, ge=0, le=65535)
     public_url: str = Field(default="", description="base of audio_url; empty: http://host:port")
+    audio_token: str = Field(default="", description="bearer token for /audio; empty: none")
+
+    @field_validator("audio_token")
+    @classmethod
+    def _token_shape(cls, value: str) -> str:
+        if value and (len(value) < 16 or not value.isascii() or any(c.isspace() for c in value)):
+            raise ValueError("use at least 16 ASCII characters without spaces (or empty: no token)")
+        return value
 
 
 class CacheSettings(_Section):
@@ -91,11 +151,14 @@ class GenerationSettings(_Section):
     max_prompt_chars: int = Field(default=500, ge=1, le=10_000)
     loop_crossfade_s: float = Field(default=0.25, ge=0, le=5)
     tau_accept_new: float = Field(default=0.4, ge=-1, le=1)
+    # "auto": gate only with a real CLAP scorer (a random-weight scorer's scores mean nothing)
+    quality_gate: Literal["auto", "on", "off"] = "auto"
 
 
 class ModelSettings(_Section):
     dir: Path = Path("var/models")
     tangoflux: str = Field(default="", description="directory of real weights; empty: tiny model")
+    clap: str = Field(default="", description="directory of real CLAP weights; empty: tiny CLAP")
     embedder: str = Field(default="", description="sentence-transformers dir; empty: MiniLM")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     latent_frames: Literal["needed", "reference"] = "needed"
@@ -107,6 +170,14 @@ class ModelSettings(_Section):
     @property
     def uses_tiny(self) -> bool:
         return not self.tangoflux
+
+    def clap_dir(self) -> Path:
+        """The CLAP scorer directory the workers load: real weights if configured, else tiny."""
+        return Path(self.clap) if self.clap else self.dir / "tiny-clap"
+
+    @property
+    def uses_tiny_clap(self) -> bool:
+        return not self.clap
 
 
 class WorkerSettings(_Section):
@@ -130,6 +201,13 @@ class WorkerSettings(_Section):
 
 class RequestSettings(_Section):
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
+    # per client (reply address); 0 turns the limit off
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+
+
+class StatsSettings(_Section):
+    interval_s: float = Field(default=60.0, ge=0, description="retained <base>/<node>/stats; 0: off")
 
 
 class LoggingSettings(_Section):
@@ -148,6 +226,7 @@ class Settings(_Section):
     models: ModelSettings = ModelSettings()
     workers: WorkerSettings = WorkerSettings()
     requests: RequestSettings = RequestSettings()
+    stats: StatsSettings = StatsSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

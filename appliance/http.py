@@ -6,9 +6,11 @@ should not carry a web framework for them. Binds to 127.0.0.1 unless configured 
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,9 +32,9 @@ class HttpServer:
 
     def __init__(
         self, host: str, port: int, *, cache: CacheStore, metrics: Metrics,
-        health: HealthProbe, readiness: HealthProbe,
+        health: HealthProbe, readiness: HealthProbe, audio_token: str = "",
     ) -> None:
-        handler = _make_handler(cache, metrics, health, readiness)
+        handler = _make_handler(cache, metrics, health, readiness, audio_token=audio_token)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
@@ -50,7 +52,8 @@ class HttpServer:
 
 
 def _make_handler(
-    cache: CacheStore, metrics: Metrics, health: HealthProbe, readiness: HealthProbe
+    cache: CacheStore, metrics: Metrics, health: HealthProbe, readiness: HealthProbe,
+    *, audio_token: str = "",
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "audiogen"
@@ -69,6 +72,9 @@ def _make_handler(
                 self._json(404, {"error": "not_found", "path": path})
 
         def _audio(self, name: str) -> None:
+            if audio_token and not self._audio_token_ok():
+                self._json(401, {"error": "unauthorized", "message": "audio needs the token"})
+                return
             key = name.rsplit(".", 1)[0] if name.endswith(".wav") else name
             if not is_item_key(key):
                 self._json(404, {"error": "not_found", "message": "not a cache key"})
@@ -80,6 +86,14 @@ def _make_handler(
                 self._json(404, {"error": "not_found", "message": exc.message})
                 return
             self._send(200, data, "audio/wav")
+
+        def _audio_token_ok(self) -> bool:
+            """``Authorization: Bearer <token>`` or ``?token=<token>`` (for players)."""
+            scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+            if scheme.lower() != "bearer":
+                query = urllib.parse.parse_qs(self.path.partition("?")[2])
+                given = (query.get("token") or [""])[0]
+            return hmac.compare_digest(given.strip().encode(), audio_token.encode())
 
         def _probe(self, probe: HealthProbe) -> None:
             ok, body = probe()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,18 +49,35 @@ def enable_tcp_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def make_client(settings: BrokerSettings, client_id: str) -> paho.Client:
-    """A paho client configured as the appliance's clients are (also used by the CLI)."""
+def make_client(settings: BrokerSettings, client_id: str, *, persistent_session: bool = False) -> paho.Client:
+    """A paho client configured as the appliance's clients are (also used by the CLI).
+
+    ``persistent_session`` matters under 3.1.1 only (``clean_session`` is a constructor
+    argument there); MQTT 5 chooses at connect time (see :meth:`MqttAdapter.start`).
+    """
     v5 = settings.protocol == "5"
     if v5:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     else:
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
-            clean_session=True,
+            clean_session=not persistent_session,
         )
     if settings.username:
         client.username_pw_set(settings.username, settings.password or None)
+    if settings.tls:  # verify the broker's certificate (and its host name unless tls_insecure)
+        client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                       keyfile=settings.key_file or None)
+        client.tls_insecure_set(settings.tls_insecure)
+
+    def connect_failed(_client: paho.Client, _userdata: Any) -> None:
+        # paho calls this inside its ``except OSError``: say why (refused, TLS, DNS), or an
+        # untrusted certificate would only show as "not ready"
+        log.warning("cannot connect to the broker", extra={
+            "host": settings.host, "port": settings.port, "tls": settings.tls,
+            "error": str(sys.exc_info()[1] or "unknown")})
+
+    client.on_connect_fail = connect_failed
     client.on_socket_open = enable_tcp_nodelay
     client.max_inflight_messages_set(256)
     client.max_queued_messages_set(0)
@@ -99,7 +117,8 @@ class MqttAdapter:
         self._connections = 0
         self._stopping = False
         self.v5 = settings.protocol == "5"
-        self._client = make_client(settings, client_id)
+        self._client = make_client(settings, client_id,
+                                   persistent_session=settings.session_expiry_s > 0)
         self._client.will_set(status_topic, b"offline", qos=1, retain=True)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
@@ -111,9 +130,18 @@ class MqttAdapter:
 
     def start(self, wait_s: float = 0.0) -> bool:
         """Connect in the background (the broker may come up later); optionally wait."""
-        self._client.connect_async(
-            self._settings.host, self._settings.port, keepalive=self._settings.keepalive_s
-        )
+        persistent = self._settings.session_expiry_s > 0
+        if self.v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self._settings.session_expiry_s
+            self._client.connect_async(
+                self._settings.host, self._settings.port, keepalive=self._settings.keepalive_s,
+                clean_start=not persistent, properties=properties,
+            )
+        else:
+            self._client.connect_async(
+                self._settings.host, self._settings.port, keepalive=self._settings.keepalive_s
+            )
         self._client.loop_start()
         return self._connected.wait(wait_s) if wait_s else self.connected
 

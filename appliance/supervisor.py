@@ -40,6 +40,7 @@ from appliance.protocol import (
     resolve_parameters,
     salvage_reply_fields,
 )
+from appliance.ratelimit import RateLimiter
 from appliance.topics import Topics
 from appliance.worker.client import GenerationResult
 
@@ -113,6 +114,7 @@ class Supervisor:
         # thread so that exact hits never wait behind them; bounded like the generation queue
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
         self._lookup_slots = threading.BoundedSemaphore(settings.cache.max_pending_lookups)
+        self._rate = RateLimiter(settings.requests.rate_limit_per_s, settings.requests.rate_limit_burst)
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -134,6 +136,9 @@ class Supervisor:
         try:
             if not self._accepting:
                 raise Unavailable("the appliance is shutting down")
+            if not self._rate.allow(message.response_topic or parsed.reply_to or "(no reply address)"):
+                raise Busy(f"rate limit: at most {self._rate.rate_per_s:g} requests/s from one client "
+                           f"(burst {self._rate.burst})")
             self._serve(request, address, message.received_at, source)
         except ApplianceError as error:
             self._reply_error(address, request.request_id, error, message.received_at, source)
@@ -255,10 +260,17 @@ class Supervisor:
         first = waiters[0].request
         audio = encode_wav(result.waveform, result.sample_rate)
         item = self._new_item(first, key, result, len(audio))
-        stored = self._store(item, audio, flight.vector)
+        # quality gate (DESIGN.md "Models"): "auto" trusts only a real-weight CLAP scorer
+        gate: str = self._settings.generation.quality_gate
+        if gate == "auto":
+            gate = "off (random-weight scorer)" if result.scorer_random else "on"
+        elif gate == "off":
+            gate = "off (configured)"
+        stored = self._store(item, audio, flight.vector, result.clap_vector, gate_on=gate == "on")
         for waiter in waiters:
             body = self._generation_metadata(waiter.request, item, result, stored)
-            self._deliver(waiter, body, audio, item.key)
+            body["quality_gate"] = gate
+            self._deliver(waiter, body, audio, item.key, stored=stored)
             self._metrics.request_duration.labels(path="generated").observe(
                 time.perf_counter() - waiter.received_at)
             self._metrics.requests.labels(outcome="generated", source=source).inc()
@@ -266,15 +278,19 @@ class Supervisor:
                                      "generation_s": round(result.generation_s, 3),
                                      "stored": stored, "waiters": len(waiters)})
 
-    def _store(self, item: CacheItem, audio: bytes, vector: Vector | None) -> bool:
+    def _store(self, item: CacheItem, audio: bytes, vector: Vector | None,
+               clap_vector: Vector | None = None, *, gate_on: bool = True) -> bool:
         """Cache the clip unless the quality gate rejects it; never fail the request."""
         score = item.clap_similarity
-        if score is not None and score < self._settings.generation.tau_accept_new:
+        if score is not None:
+            self._metrics.clap_similarity.observe(score)
+        if gate_on and score is not None and score < self._settings.generation.tau_accept_new:
+            self._metrics.quality_gate_rejections.inc()
             return False
         cache = self._settings.cache
         try:
             result = self._cache.put(item, audio, max_items=cache.max_items, max_bytes=cache.max_bytes,
-                                     prompt_vector=vector)
+                                     prompt_vector=vector, clap_vector=clap_vector)
         except (CacheError, OSError) as exc:
             self._metrics.cache_store_failures.inc()
             log.error("could not cache a result", extra={"key": item.key, "error": str(exc)})
@@ -313,11 +329,17 @@ class Supervisor:
         self._metrics.request_duration.labels(path=path).observe(time.perf_counter() - received_at)
         self._metrics.requests.labels(outcome=path, source=source).inc()
 
-    def _deliver(self, waiter: PendingReply, body: dict[str, Any], audio: bytes, key: str) -> None:
+    def _deliver(
+        self, waiter: PendingReply, body: dict[str, Any], audio: bytes, key: str, *, stored: bool = True
+    ) -> None:
+        """Publish the audio (when asked or when no URL can serve it), then the reply."""
         request, address = waiter.request, waiter.address
-        if request.deliver in ("url", "both"):
+        deliver = request.deliver
+        if not stored and deliver == "url":
+            deliver = "mqtt"  # the clip is not in the cache, so /audio/<key> cannot serve it
+        if deliver in ("url", "both") and stored:
             body["audio_url"] = f"{self._audio_base_url}/audio/{key}"
-        if request.deliver in ("mqtt", "both"):
+        if deliver in ("mqtt", "both"):
             body["audio_topic"] = Topics.audio(address.topic)
             self._publisher.publish(Topics.audio(address.topic), audio,
                                     correlation_data=address.correlation_data)
@@ -389,6 +411,9 @@ class Supervisor:
             audio_bytes=audio_bytes,
             generation_timestamp=time.time(),
             generation_s=round(result.generation_s, 4),
+            clap_similarity=(None if result.clap_similarity is None
+                             else round(result.clap_similarity, 4)),
+            candidate_scores=[round(score, 4) for score in result.candidate_scores],
         )
 
     def _item_metadata(self, item: CacheItem) -> dict[str, Any]:
@@ -425,6 +450,8 @@ class Supervisor:
             "match_type": None,
             "stored": stored,
             "tau_accept_new": self._settings.generation.tau_accept_new,
+            "scorer": result.scorer,
+            "scorer_random": result.scorer_random,
             "worker": result.worker,
             "gpu": result.gpu,
             "queue_wait_s": round(result.queue_wait_s, 4),

@@ -107,12 +107,19 @@ class ServiceProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, state_dir: Path, sections: dict[str, dict[str, Any]]) -> ServiceProcess:
+    def start(
+        cls, state_dir: Path, sections: dict[str, dict[str, Any]],
+        extra_env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
         config_path = state_dir / "appliance.toml"
         write_config(config_path, sections)
         settings = load_settings(config_path, environ={})
         log_path = state_dir / "appliance.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+        # the service (and its workers) import this very checkout, whatever the venv points at
+        source_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
+        env.update(extra_env or {})
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "appliance", "serve", "--config", str(config_path)],

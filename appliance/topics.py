@@ -35,6 +35,11 @@ class Topics:
         return f"{self.prefix}/status"
 
     @property
+    def stats(self) -> str:
+        """The retained periodic summary (appliance/stats.py)."""
+        return f"{self.prefix}/stats"
+
+    @property
     def errors(self) -> str:
         """Where errors go when a request named no reply address at all."""
         return f"{self.prefix}/errors"
@@ -69,7 +74,7 @@ class Topics:
 
     def is_reserved(self, topic: str) -> bool:
         """Topics a device may not name as its reply address (requests, status, admin)."""
-        own = (self.request, self.status, self.errors)
+        own = (self.request, self.status, self.stats, self.errors)
         return topic in own or topic.startswith(f"{self.prefix}/admin") or topic.startswith(
             f"{self.base}/request"
         )

@@ -93,7 +93,9 @@ def test_sigkill_during_writes_never_damages_the_cache(tmp_path: Path) -> None:
     print(f"runs={RUNS} orphan_files_swept={orphans_seen} items_checked={items_seen}")
 
 
-def test_a_full_disk_leaves_no_partial_file_and_no_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_leaves_no_partial_file_and_no_item(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = CacheStore(tmp_path / "cache")
     prompt = "rain"
     item = CacheItem(

@@ -183,6 +183,9 @@ def test_dashboard_charts_the_promised_metrics() -> None:
         "audiogen_model_load_seconds", "audiogen_mqtt_connected", "audiogen_mqtt_reconnects_total",
         "audiogen_mqtt_messages_received_total", "audiogen_mqtt_messages_sent_total",
         "audiogen_malformed_requests_total", "audiogen_build_info",
+        "audiogen_clap_similarity_bucket", "audiogen_quality_gate_rejections_total",
+        "audiogen_semantic_similarity_bucket", "audiogen_cache_evictions_total",
+        "audiogen_worker_gpu_memory_bytes", "audiogen_requests_total",
     ):
         assert name in used, f"the dashboard has no panel for {name}"
 
@@ -270,7 +273,93 @@ tests:
         alertname: AudiogenCacheHitRateCollapse
         exp_alerts:
           - exp_labels: {{severity: warning, job: audiogen, instance: a}}
+  - interval: 1m
+    input_series:
+      - series: 'audiogen_queue_depth{{job="audiogen", instance="a"}}'
+        values: '0 0 30x10'
+      - series: 'audiogen_queue_capacity{{job="audiogen", instance="a"}}'
+        values: '32x12'
+      - series: 'audiogen_cache_items{{job="audiogen", instance="a"}}'
+        values: '9000x5 9700x80'
+      - series: 'audiogen_cache_max_items{{job="audiogen", instance="a"}}'
+        values: '10000x85'
+      - series: 'audiogen_cache_bytes{{job="audiogen", instance="a"}}'
+        values: '1000x85'
+      - series: 'audiogen_cache_max_bytes{{job="audiogen", instance="a"}}'
+        values: '2000x85'
+      - series: 'audiogen_mqtt_connected{{job="audiogen", instance="a"}}'
+        values: '1 1 0x10'
+    alert_rule_test:
+      - eval_time: 5m
+        alertname: AudiogenQueueSaturated
+        exp_alerts: []
+      - eval_time: 8m
+        alertname: AudiogenQueueSaturated
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: audiogen, instance: a}}
+      - eval_time: 60m
+        alertname: AudiogenCacheItemsNearCap
+        exp_alerts: []
+      - eval_time: 70m
+        alertname: AudiogenCacheItemsNearCap
+        exp_alerts:
+          - exp_labels: {{severity: info, job: audiogen, instance: a}}
+      - eval_time: 70m
+        alertname: AudiogenCacheBytesNearCap
+        exp_alerts: []
+      - eval_time: 3m
+        alertname: AudiogenMqttDisconnected
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: AudiogenMqttDisconnected
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: audiogen, instance: a}}
+  - interval: 5m
+    input_series:
+      # A day of one generation a minute scoring in (0.35, 0.4], then two hours in (0.1, 0.2].
+{clap_buckets}
+      - series: 'audiogen_clap_similarity_count{{job="audiogen", instance="a"}}'
+        values: '0+5x312'
+      # Four of every five new clips rejected by the quality gate, for two hours.
+      - series: 'audiogen_quality_gate_rejections_total{{job="audiogen", instance="b"}}'
+        values: '0+4x24'
+      - series: 'audiogen_generation_seconds_count{{job="audiogen", instance="b"}}'
+        values: '0+5x24'
+    alert_rule_test:
+      - eval_time: 2h
+        alertname: AudiogenQualityDrop
+        exp_alerts: []
+      - eval_time: 1d
+        alertname: AudiogenQualityDrop
+        exp_alerts: []
+      - eval_time: 26h
+        alertname: AudiogenQualityDrop
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: audiogen, instance: a}}
+      - eval_time: 20m
+        alertname: AudiogenQualityGateRejecting
+        exp_alerts: []
+      - eval_time: 2h
+        alertname: AudiogenQualityGateRejecting
+        exp_alerts:
+          - exp_labels: {{severity: warning, job: audiogen, instance: b}}
 """
+
+
+def _clap_buckets() -> str:
+    """Cumulative CLAP histogram buckets for the quality-drop test (see _ALERT_TESTS)."""
+    lines = []
+    for bound in [*Metrics().clap_similarity._upper_bounds]:
+        le = "+Inf" if bound == float("inf") else repr(float(bound))
+        if bound <= 0.1:
+            values = "0x312"  # never
+        elif bound < 0.4:
+            values = "0x288 0+5x24"  # only the poor clips of the last two hours
+        else:
+            values = "0+5x312"  # every clip
+        series = f'audiogen_clap_similarity_bucket{{job="audiogen", instance="a", le="{le}"}}'
+        lines.append(f"      - series: '{series}'\n        values: '{values}'")
+    return "\n".join(lines)
 
 
 def test_alerts_fire_as_intended(tmp_path: Path) -> None:
@@ -281,6 +370,6 @@ def test_alerts_fire_as_intended(tmp_path: Path) -> None:
     bare = tmp_path / "alerts.yml"
     bare.write_text(yaml.safe_dump(rules))
     tests = tmp_path / "alerts_test.yml"
-    tests.write_text(textwrap.dedent(_ALERT_TESTS).format(alerts=bare))
+    tests.write_text(textwrap.dedent(_ALERT_TESTS).format(alerts=bare, clap_buckets=_clap_buckets()))
     result = run_promtool("test", "rules", str(tests), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,8 +1,13 @@
-"""The worker subprocess: load the generator once, then serve framed requests forever.
+"""The worker subprocess: load the generator and the CLAP scorer once, then serve forever.
 
 Started by the supervisor as ``python -m appliance.worker`` with ``CUDA_VISIBLE_DEVICES``
 set for this process alone. Its stdout carries frames only: the real stdout is kept for
 the channel and fd 1 is pointed at stderr, so a library that prints cannot corrupt it.
+
+One job: generate ``candidates`` clips in one batch (a little longer for loops, then the
+equal-power tail-into-head cross-fade), score each against the prompt with CLAP, and send
+the best one. The result frame's payload is the best clip's float32 PCM followed by its
+float32 CLAP audio embedding (``clap_dim`` values); the header carries every score.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,12 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     channel_in = sys.stdin.buffer
     try:
         generator = _load_generator(args)
+        scorer = _load_scorer(args)
     except Exception as exc:  # any load failure is reported, then the worker exits
         log.exception("model load failed")
         _send(channel_out, {"type": "fatal", "code": "model_error", "message": str(exc)})
         return 3
     try:
-        _serve(generator, args, channel_in, channel_out)
+        _serve(generator, scorer, args, channel_in, channel_out)
     except ChannelClosed:
         log.info("supervisor closed the channel; exiting")
     return 0
@@ -53,6 +61,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latent-frames", default="needed", choices=["needed", "reference"])
     parser.add_argument("--loop-crossfade-s", type=float, default=0.25)
     parser.add_argument("--build-tiny-if-missing", action="store_true")
+    parser.add_argument("--clap-dir", type=Path, required=True)
+    parser.add_argument("--build-tiny-clap-if-missing", action="store_true")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="json")
     return parser.parse_args(argv)
@@ -62,7 +72,11 @@ def _load_generator(args: argparse.Namespace) -> Any:
     from appliance.models.tangoflux import TangoFluxGenerator
 
     if args.build_tiny_if_missing and not (args.model_dir / "config.json").is_file():
-        _build_tiny_atomically(args.model_dir)
+        from appliance.models.tiny import build_tiny_tangoflux
+
+        log.warning("no generator weights at %s: building the TINY random-weight model",
+                    args.model_dir)
+        _build_tiny_atomically(args.model_dir, build_tiny_tangoflux)
     started = time.perf_counter()
     generator = TangoFluxGenerator.from_dir(
         args.model_dir, device=args.device, dtype=args.dtype, latent_frames=args.latent_frames
@@ -72,22 +86,42 @@ def _load_generator(args: argparse.Namespace) -> Any:
     return generator
 
 
-def _build_tiny_atomically(target: Path) -> None:
-    """Build the tiny model beside its final place and rename it in (workers may race)."""
-    from appliance.models.tiny import build_tiny_tangoflux
+def _load_scorer(args: argparse.Namespace) -> Any:
+    """The CLAP scorer, beside the generator: on the worker's GPU, loaded once."""
+    from appliance.models.clap import ClapScorer
 
-    log.warning("no generator weights at %s: building the TINY random-weight model", target)
+    if args.build_tiny_clap_if_missing and not (args.clap_dir / "config.json").is_file():
+        from appliance.models.tiny_clap import build_tiny_clap
+
+        log.warning("no CLAP weights at %s: building the TINY random-weight scorer", args.clap_dir)
+        _build_tiny_atomically(args.clap_dir, build_tiny_clap)
+    started = time.perf_counter()
+    scorer = ClapScorer.from_dir(args.clap_dir, device=args.device)
+    args.clap_load_s = time.perf_counter() - started
+    log.info("scorer loaded", extra={"scorer": scorer.name, "random_weights": scorer.is_random,
+                                     "load_s": round(args.clap_load_s, 3)})
+    if scorer.is_random:
+        log.warning("the CLAP scorer has RANDOM weights: its scores mean nothing, and with "
+                    "generation.quality_gate = 'auto' nothing is rejected for its score")
+    return scorer
+
+
+def _build_tiny_atomically(target: Path, build: Callable[[Path], Path]) -> None:
+    """Build a tiny model beside its final place and rename it in (workers may race)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
-    build_tiny_tangoflux(staging)
+    build(staging)
     try:
         staging.rename(target)
     except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another worker won the race
         if not (target / "config.json").is_file():
             raise
 
 
-def _serve(generator: Any, args: argparse.Namespace, inp: BinaryIO, out: BinaryIO) -> None:
+def _serve(
+    generator: Any, scorer: Any, args: argparse.Namespace, inp: BinaryIO, out: BinaryIO
+) -> None:
     _send(
         out,
         {
@@ -95,8 +129,12 @@ def _serve(generator: Any, args: argparse.Namespace, inp: BinaryIO, out: BinaryI
             "model": generator.name,
             "device": args.device,
             "load_s": args.load_s,
+            "scorer": scorer.name,
+            "scorer_random": bool(scorer.is_random),
+            "scorer_load_s": args.clap_load_s,
             "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            **_gpu_memory(args),
         },
     )
     while True:
@@ -107,10 +145,22 @@ def _serve(generator: Any, args: argparse.Namespace, inp: BinaryIO, out: BinaryI
             _send(out, {"type": "error", "id": frame.header.get("id"), "code": "worker_failed",
                         "message": f"unknown frame type {frame.type!r}"})
             continue
-        _generate(generator, args, frame.header, out)
+        _generate(generator, scorer, args, frame.header, out)
 
 
-def _generate(generator: Any, args: argparse.Namespace, job: dict[str, Any], out: BinaryIO) -> None:
+def _gpu_memory(args: argparse.Namespace) -> dict[str, int]:
+    """GPU memory held by this process's tensors, for the supervisor's metrics (none on CPU)."""
+    if args.device != "cuda":
+        return {}
+    import torch
+
+    return {"gpu_memory_bytes": int(torch.cuda.memory_allocated()),
+            "gpu_memory_peak_bytes": int(torch.cuda.max_memory_allocated())}
+
+
+def _generate(
+    generator: Any, scorer: Any, args: argparse.Namespace, job: dict[str, Any], out: BinaryIO
+) -> None:
     job_id = job.get("id")
     sample_rate = 44100
     try:
@@ -123,8 +173,9 @@ def _generate(generator: Any, args: argparse.Namespace, job: dict[str, Any], out
             _send(out, {"type": "progress", "id": job_id, "step": step, "total": total})
 
         started = time.perf_counter()
+        prompt = str(job["prompt"])
         waveforms = generator.generate(
-            str(job["prompt"]),
+            prompt,
             duration_s=duration + extra_s,
             steps=int(job["steps"]),
             guidance_scale=float(job["guidance_scale"]),
@@ -132,11 +183,14 @@ def _generate(generator: Any, args: argparse.Namespace, job: dict[str, Any], out
             candidates=int(job.get("candidates", 1)),
             progress=progress,
         )
+        clips = [_finish_clip(waveform, fade_frames) for waveform in waveforms]
+        scoring_started = time.perf_counter()
+        scores, embeddings = scorer.similarity(prompt, clips, sample_rate)
+        scoring_s = time.perf_counter() - scoring_started
+        best = int(np.argmax(scores))
+        waveform = clips[best]
+        embedding = np.ascontiguousarray(embeddings[best], dtype=np.float32)
         elapsed = time.perf_counter() - started
-        waveform = np.asarray(waveforms[0], dtype=np.float32)
-        if fade_frames:
-            waveform = make_seamless_loop(waveform, fade_frames)
-        waveform = np.ascontiguousarray(waveform, dtype=np.float32)
     except Exception as exc:  # reported to the supervisor, the worker keeps serving
         log.exception("generation failed", extra={"request_id": job_id})
         _send(out, {"type": "error", "id": job_id, "code": "worker_failed", "message": str(exc)})
@@ -149,10 +203,28 @@ def _generate(generator: Any, args: argparse.Namespace, job: dict[str, Any], out
         "frames": int(waveform.shape[1]),
         "dtype": "float32",
         "generation_s": elapsed,
-        "candidates": len(waveforms),
+        "scoring_s": scoring_s,
+        "candidates": len(clips),
         "model": generator.name,
+        "is_loop": bool(fade_frames),
+        "loop_crossfade_frames": fade_frames,
+        "clap_similarity": float(scores[best]),
+        "candidate_scores": [float(score) for score in scores],
+        "best_candidate": best,
+        "clap_dim": int(embedding.shape[0]),
+        "scorer": scorer.name,
+        "scorer_random": bool(scorer.is_random),
+        **_gpu_memory(args),
     }
-    write_frame(out, Frame(header, waveform.tobytes()))
+    write_frame(out, Frame(header, waveform.tobytes() + embedding.tobytes()))
+
+
+def _finish_clip(waveform: Any, fade_frames: int) -> np.ndarray:
+    """float32 (channels, frames); for a loop, the tail cross-faded into the head."""
+    clip = np.asarray(waveform, dtype=np.float32)
+    if fade_frames:
+        clip = make_seamless_loop(clip, fade_frames)
+    return np.ascontiguousarray(clip, dtype=np.float32)
 
 
 def _send(out: BinaryIO, header: dict[str, Any]) -> None:

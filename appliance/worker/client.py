@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from appliance.audio import Waveform
 from appliance.errors import GenerationTimeout, ModelError, WorkerDied, WorkerFailed
@@ -32,7 +33,13 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """A generated clip, with the facts the reply metadata needs."""
+    """A generated clip (the best of its candidates), with the facts the reply metadata needs.
+
+    ``clap_similarity`` is the CLAP cosine of the prompt and this clip; ``candidate_scores``
+    has one score per candidate, in generation order; ``clap_vector`` is this clip's CLAP
+    audio embedding (stored with the cached item for semantic-hit checks). With
+    ``scorer_random`` the scores come from random weights and mean nothing.
+    """
 
     waveform: Waveform
     sample_rate: int
@@ -41,6 +48,12 @@ class GenerationResult:
     worker: str
     gpu: str
     queue_wait_s: float = 0.0
+    clap_similarity: float | None = None
+    candidate_scores: tuple[float, ...] = ()
+    clap_vector: npt.NDArray[np.float32] | None = None
+    scorer: str = ""
+    scorer_random: bool = False
+    scoring_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,10 @@ class WorkerProcess:
         self.spec = spec
         self.model = ""
         self.load_s = 0.0
+        self.scorer = ""
+        self.scorer_random = False
+        self.scorer_load_s = 0.0
+        self.gpu_memory_bytes: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._frames: queue.Queue[Frame | Exception] = queue.Queue()
         self._lock = threading.Lock()
@@ -102,8 +119,13 @@ class WorkerProcess:
             raise WorkerDied(f"worker {self.spec.name} sent {frame.type!r} before ready")
         self.model = str(frame.header.get("model", ""))
         self.load_s = float(frame.header.get("load_s", 0.0))
+        self.scorer = str(frame.header.get("scorer", ""))
+        self.scorer_random = bool(frame.header.get("scorer_random", False))
+        self.scorer_load_s = float(frame.header.get("scorer_load_s", 0.0))
+        self._note_gpu_memory(frame.header)
         log.info("worker ready", extra={"worker": self.spec.name, "pid": self.pid,
-                                        "model": self.model, "load_s": round(self.load_s, 3)})
+                                        "model": self.model, "load_s": round(self.load_s, 3),
+                                        "scorer": self.scorer, "scorer_random": self.scorer_random})
 
     def generate(
         self,
@@ -156,12 +178,19 @@ class WorkerProcess:
         process.wait(timeout=10)
 
     def _result(self, frame: Frame) -> GenerationResult:
+        """Split the payload (PCM, then the CLAP embedding) and check it against the header."""
         header = frame.header
         channels, frames = int(header["channels"]), int(header["frames"])
-        if len(frame.payload) != channels * frames * 4:
+        clap_dim = int(header.get("clap_dim", 0))
+        audio_bytes = channels * frames * 4
+        if len(frame.payload) != audio_bytes + clap_dim * 4:
             self.kill()
             raise WorkerDied("worker result payload has the wrong size")
-        waveform = np.frombuffer(frame.payload, dtype=np.float32).reshape(channels, frames)
+        payload = memoryview(frame.payload)
+        waveform = np.frombuffer(payload[:audio_bytes], dtype=np.float32).reshape(channels, frames)
+        vector = np.frombuffer(payload[audio_bytes:], dtype=np.float32) if clap_dim else None
+        score = header.get("clap_similarity")
+        self._note_gpu_memory(header)
         return GenerationResult(
             waveform=waveform,
             sample_rate=int(header["sample_rate"]),
@@ -169,7 +198,18 @@ class WorkerProcess:
             model=str(header.get("model", self.model)),
             worker=self.spec.name,
             gpu=self.spec.gpu,
+            clap_similarity=None if score is None else float(score),
+            candidate_scores=tuple(float(s) for s in header.get("candidate_scores", ())),
+            clap_vector=vector,
+            scorer=str(header.get("scorer", self.scorer)),
+            scorer_random=bool(header.get("scorer_random", self.scorer_random)),
+            scoring_s=float(header.get("scoring_s", 0.0)),
         )
+
+    def _note_gpu_memory(self, header: dict[str, Any]) -> None:
+        reported = header.get("gpu_memory_bytes")
+        if isinstance(reported, int) and not isinstance(reported, bool):
+            self.gpu_memory_bytes = reported
 
     def _send(self, header: dict[str, Any]) -> None:
         process = self._process

@@ -55,6 +55,8 @@ class WorkerState:
     pid: int | None = None
     model: str = ""
     load_s: float = 0.0
+    scorer: str = ""
+    scorer_random: bool = False
     restarts: int = 0
     last_error: str = ""
 
@@ -68,6 +70,7 @@ def worker_command(settings: Settings, gpu: str, name: str) -> list[str]:
     command = [
         sys.executable, "-m", "appliance.worker",
         "--model-dir", str(models.tangoflux_dir()),
+        "--clap-dir", str(models.clap_dir()),
         "--name", name,
         "--device", "cpu" if gpu == "cpu" else "cuda",
         "--dtype", models.dtype,
@@ -78,6 +81,8 @@ def worker_command(settings: Settings, gpu: str, name: str) -> list[str]:
     ]
     if models.uses_tiny:
         command.append("--build-tiny-if-missing")
+    if models.uses_tiny_clap:
+        command.append("--build-tiny-clap-if-missing")
     return command
 
 
@@ -103,6 +108,8 @@ class WorkerPool:
             spec = WorkerSpec(name=name, gpu=gpu, command=command_factory(settings, gpu, name))
             self._workers.append(WorkerProcess(spec))
             self._states.append(WorkerState(name=name, gpu=gpu))
+            metrics.worker_up.labels(worker=name, device=gpu).set(0)  # series exist while loading
+            metrics.worker_ready.labels(worker=name, device=gpu).set(0)
         metrics.queue_depth.set_function(self._queue.qsize)
 
     def start(self) -> None:
@@ -200,10 +207,17 @@ class WorkerPool:
                 self._fail_queued(Unavailable(f"no worker could load the model: {exc.message}"))
             return False
         state.state, state.pid, state.model, state.load_s = "ready", worker.pid, worker.model, worker.load_s
+        state.scorer, state.scorer_random = worker.scorer, worker.scorer_random
         self._metrics.worker_up.labels(**labels).set(1)
         self._metrics.worker_ready.labels(**labels).set(1)
-        self._metrics.model_load.labels(worker=state.name).set(worker.load_s)
+        self._metrics.model_load.labels(**labels).set(worker.load_s)
+        self._record_gpu_memory(worker, labels)
         return True
+
+    def _record_gpu_memory(self, worker: WorkerProcess, labels: dict[str, str]) -> None:
+        """GPU memory as the worker reported it over IPC (``gpu_memory_bytes`` of its frames)."""
+        if worker.gpu_memory_bytes is not None:  # None: a CPU worker, or not reported
+            self._metrics.worker_gpu_memory.labels(**labels).set(worker.gpu_memory_bytes)
 
     def _run(self, worker: WorkerProcess, state: WorkerState, job: Job, labels: dict[str, str]) -> bool:
         """Serve one job; returns False when the worker failed and must be restarted."""
@@ -239,6 +253,7 @@ class WorkerPool:
             worker.kill()
             return False
         self._metrics.generation.observe(result.generation_s)
+        self._record_gpu_memory(worker, labels)
         job.future.set_result(replace(result, queue_wait_s=job.queue_wait_s))
         state.state = "ready"
         return True

@@ -1,0 +1,140 @@
+"""``appliance models …``: check the model directories, fetch the real weights, build tiny ones.
+
+- ``check``: for the generator, the scorer and the embedder the service would use, whether
+  the files are there and load, their sizes, sha256 of the weight files (``--hash``), and
+  whether it is a tiny random-weight build. Exit 1 when a model the service needs is unusable.
+- ``fetch``: download TangoFlux and CLAP with huggingface_hub (needs internet;
+  docs/models.md). Exit 1 with ``model_download_failed`` when offline.
+- ``build-tiny``: write the tiny random-weight TangoFlux and CLAP used by tests and the demo.
+
+Output: a rich table on a terminal, ``key: value`` lines when piped, JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Settings
+
+
+def add_models_commands(subparsers: Any, common_parent: argparse.ArgumentParser) -> None:
+    """Add ``models`` and its subcommands to the top-level subparsers of ``appliance``."""
+    models = subparsers.add_parser("models", help="model files: check, fetch, build-tiny",
+                                   description="Model files (docs/models.md).")
+    commands = models.add_subparsers(dest="models_command", required=True, metavar="COMMAND")
+    parents = [common_parent]
+
+    check = commands.add_parser("check", parents=parents,
+                                help="are the configured models present and loadable?")
+    check.add_argument("--hash", action="store_true",
+                       help="sha256 of the weight files (reads every byte: ~4 GB for TangoFlux)")
+    check.add_argument("--no-load", action="store_true", help="list files only, do not load")
+    check.set_defaults(handler=_check)
+
+    fetch = commands.add_parser("fetch", parents=parents,
+                                help="download TangoFlux and CLAP (needs internet)")
+    fetch.add_argument("--dir", type=Path, help="target directory (default: models.dir)")
+    fetch.add_argument("--clap", default="laion/clap-htsat-unfused",
+                       help="CLAP repository, e.g. laion/larger_clap_general")
+    fetch.add_argument("--revision", help="TangoFlux revision (branch, tag or commit)")
+    fetch.set_defaults(handler=_fetch)
+
+    tiny = commands.add_parser("build-tiny", parents=parents,
+                               help="write the tiny random-weight TangoFlux and CLAP")
+    tiny.add_argument("--out", type=Path,
+                      help="TangoFlux directory (default: <models.dir>/tiny-tangoflux)")
+    tiny.add_argument("--clap-out", type=Path,
+                      help="CLAP directory (default: <models.dir>/tiny-clap)")
+    tiny.set_defaults(handler=_build_tiny)
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.models.check import check_models
+
+    reports = check_models(settings, load=not args.no_load, hash_weights=args.hash)
+    ok = all(report.ok for report in reports)
+    if args.json:
+        print(json.dumps({"ok": ok, "models": [r.as_dict() for r in reports]}, indent=2))
+        return 0 if ok else 1
+    for report in reports:
+        rows: list[tuple[str, str]] = [
+            ("name", report.name),
+            ("directory", report.path),
+            ("built-in tiny default", "yes" if report.tiny else "no"),
+            ("random weights", {True: "YES (output/scores mean nothing)", False: "no",
+                                None: "unknown"}[report.random_weights]),
+            ("present", "yes" if report.present else "no"),
+            ("loadable", {True: "yes", False: "NO", None: "not tried"}[report.loadable]
+             + (f" ({report.load_s} s)" if report.load_s is not None else "")),
+            ("size", _size(report.total_bytes)),
+        ]
+        if report.missing:
+            rows.append(("missing", ", ".join(report.missing)))
+        if report.error:
+            rows.append(("error", report.error))
+        if report.note:
+            rows.append(("note", report.note))
+        for entry in report.files:
+            if entry.path.endswith((".safetensors", ".bin")):
+                rows.append((entry.path, f"{_size(entry.bytes)}  sha256 "
+                             f"{entry.sha256 or '(use --hash)'}"))
+        _print_rows(f"{report.role}: {'ok' if report.ok else 'NOT USABLE'}", rows)
+    return 0 if ok else 1
+
+
+def _fetch(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.models.fetch import fetch_models
+
+    target = args.dir or settings.models.dir
+    result = fetch_models(target, clap_repo=args.clap, revision=args.revision)
+    if args.json:
+        print(json.dumps({"tangoflux": str(result.tangoflux_dir), "clap": str(result.clap_dir),
+                          "config": result.config_lines()}, indent=2))
+    else:
+        print(f"TangoFlux: {result.tangoflux_dir}\nCLAP:      {result.clap_dir}")
+        print("To use them, set in [models] of the config file:")
+        for line in result.config_lines():
+            print(f"  {line}")
+    return 0
+
+
+def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:
+    from appliance.models.tiny import build_tiny_tangoflux
+    from appliance.models.tiny_clap import build_tiny_clap
+
+    generator = build_tiny_tangoflux(args.out or settings.models.dir / "tiny-tangoflux")
+    scorer = build_tiny_clap(args.clap_out or settings.models.dir / "tiny-clap")
+    if args.json:
+        print(json.dumps({"path": str(generator), "tangoflux": str(generator), "clap": str(scorer)}))
+    else:
+        print(f"tiny TangoFlux written to {generator}\ntiny CLAP written to {scorer}")
+    return 0
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"
+
+
+def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, show_header=False)
+        for key, value in rows:
+            table.add_row(key, value)
+        Console().print(table)
+        return
+    print(f"[{title}]")
+    for key, value in rows:
+        print(f"{key}: {value}")
+    print()

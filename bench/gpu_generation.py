@@ -1,0 +1,211 @@
+"""GPU generation speed of the full-size TangoFlux architecture (random weights).
+
+One 10 s clip, 25 steps, guidance 4.5, batch 1, on one CUDA device, in one run:
+
+- ours, float32, generating only the latent frames 10 s needs (``latent_frames="needed"``);
+- ours, float32, the reference's fixed 30 s of latents then trim (``latent_frames="reference"``);
+- ours, float16 and bfloat16 (needed frames);
+- ours, bfloat16 with ``torch.compile`` on the transformer;
+- a straight re-implementation of the reference inference loop (float32, eager, global RNG,
+  645 latent frames = 30 s, VAE decode of all of it, then trim to 10 s) on the same weights.
+
+Each variant is loaded through ``TangoFluxGenerator.from_dir``, warmed up once (for
+``torch.compile``: compiled), then timed ``--repeats`` times with CUDA synchronisation;
+the median is reported with the real-time factor (audio seconds per wall second) and the
+peak GPU memory. The model (about 4 GB) is built once in ``--work-dir``.
+
+    .venv/bin/python bench/gpu_generation.py [--work-dir /var/tmp/tf-full] [--repeats 3]
+
+Without CUDA it refuses (exit 2). ``--smoke-cpu`` runs every code path on the tiny model on
+the CPU with 2 steps, to check the script itself; its figures mean nothing.
+
+Last line: ``ours_fp32_s=… ours_fp32_reference_len_s=… ours_fp16_s=… ours_bf16_s=…
+ours_bf16_compile_s=… reference_fp32_s=… best_rtf=… speedup_vs_reference=…``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from appliance.models.tangoflux import SAMPLE_RATE, TangoFluxGenerator
+
+PROMPT = "a thunderstorm with heavy rain and distant rolling thunder"
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", type=Path, help="where the full-size model is built (kept)")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=4.5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma-separated variant names to leave out")
+    parser.add_argument("--smoke-cpu", action="store_true",
+                        help="tiny model on the CPU, 2 steps: checks the script, measures nothing")
+    return parser.parse_args()
+
+
+def reference_generate(gen: TangoFluxGenerator, prompt: str, *, duration_s: float, steps: int,
+                       guidance_scale: float, seed: int) -> np.ndarray:
+    """The reference's inference, re-implemented: always the full latent length, then trim.
+
+    Float32 and eager; noise from the global RNG; the negative prompt "" padded to the
+    prompt's token length; pooled text = NaN-masked mean; timestep passed as one value for
+    the whole guided batch; the VAE decodes all 645 frames (30 s) before the cut.
+    """
+    core, vae, tokenizer, device = gen._core, gen._vae, gen._tokenizer, gen.device
+    frames = gen._config.audio_seq_len
+    with torch.no_grad():
+        cond = tokenizer([prompt], max_length=tokenizer.model_max_length, padding=True,
+                         truncation=True, return_tensors="pt")
+        cond_ids, cond_mask = cond.input_ids.to(device), cond.attention_mask.to(device)
+        cond_states = core.text_encoder(input_ids=cond_ids, attention_mask=cond_mask)[0]
+        empty = tokenizer([""], max_length=cond_states.shape[1], padding="max_length",
+                          truncation=True, return_tensors="pt")
+        empty_ids, empty_mask = empty.input_ids.to(device), empty.attention_mask.to(device)
+        empty_states = core.text_encoder(input_ids=empty_ids, attention_mask=empty_mask)[0]
+        states = torch.cat([empty_states, cond_states])
+        mask = torch.cat([empty_mask, cond_mask]).bool()
+        masked = torch.where(mask.unsqueeze(-1).expand_as(states), states,
+                             torch.tensor(float("nan"), device=device))
+        pooled = core.fc(torch.nanmean(masked, dim=1))
+        duration = core.duration_emebdder(torch.tensor([duration_s], device=device))
+        context = torch.cat([states, duration.repeat(2, 1, 1)], dim=1)
+
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps).tolist(), device=device)
+        torch.manual_seed(seed)
+        latents = torch.randn(1, frames, 64).to(device)
+        txt_ids = torch.zeros(context.shape[1], 3, device=device)
+        audio_ids = torch.arange(frames, device=device, dtype=torch.float32)[:, None].repeat(1, 3)
+        for timestep in scheduler.timesteps:
+            prediction = core.transformer(
+                hidden_states=torch.cat([latents, latents]),
+                timestep=torch.tensor([timestep / 1000], device=device),
+                guidance=None, pooled_projections=pooled, encoder_hidden_states=context,
+                txt_ids=txt_ids, img_ids=audio_ids, return_dict=False,
+            )[0]
+            unconditional, conditional = prediction.chunk(2)
+            prediction = unconditional + guidance_scale * (conditional - unconditional)
+            latents = scheduler.step(prediction, timestep, latents).prev_sample
+        wave = vae.decode(latents.transpose(2, 1)).sample.cpu()[0]
+    return np.asarray(wave[:, : int(duration_s * SAMPLE_RATE)].numpy(), dtype=np.float32)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(run: Callable[[], Any], device: str, repeats: int) -> tuple[float, float]:
+    """(median seconds, peak GPU memory in GB) over ``repeats`` runs after one warm-up."""
+    run()
+    _sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 1024**3 if device == "cuda" else 0.0
+    return statistics.median(times), peak
+
+
+def main() -> int:
+    args = _parse()
+    device = "cpu" if args.smoke_cpu else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: this benchmark needs a CUDA GPU and torch sees none "
+              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
+              "use --smoke-cpu to check the script on the tiny model", file=sys.stderr)
+        return 2
+    if args.smoke_cpu:
+        args.steps, args.repeats, args.duration = 2, 1, min(args.duration, 2.0)
+    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as scratch:
+        work = args.work_dir or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.smoke_cpu:
+            from appliance.models.tiny import build_tiny_tangoflux
+
+            model_dir = work / "tiny-tangoflux"
+            if not (model_dir / "config.json").is_file():
+                build_tiny_tangoflux(model_dir)
+        else:
+            from appliance.models.random_full import build_full_size_random_tangoflux
+
+            started = time.perf_counter()
+            model_dir = build_full_size_random_tangoflux(work / "random-full-tangoflux")
+            print(f"model ready in {time.perf_counter() - started:.1f} s: {model_dir}", flush=True)
+        results = _run_variants(model_dir, device, args, skip)
+    audio = args.duration
+    print(f"{args.duration:g} s clip, {args.steps} steps, guidance {args.guidance}, batch 1, "
+          f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU (smoke test)'}")
+    for name, (seconds, peak, load_s) in results.items():
+        print(f"{name:28s} {seconds:8.3f} s  real-time factor {audio / seconds:7.2f}x  "
+              f"peak {peak:5.1f} GB  load {load_s:.2f} s")
+    fields = {f"{name}_s": f"{seconds:.3f}" for name, (seconds, _, _) in results.items()}
+    ours = [s for name, (s, _, _) in results.items() if name.startswith("ours")]
+    if ours:
+        fields["best_rtf"] = f"{audio / min(ours):.2f}"
+        if "reference_fp32" in results:
+            fields["speedup_vs_reference"] = f"{results['reference_fp32'][0] / min(ours):.2f}"
+    print(" ".join(f"{key}={value}" for key, value in fields.items()))
+    return 0
+
+
+def _run_variants(model_dir: Path, device: str, args: argparse.Namespace,
+                  skip: set[str]) -> dict[str, tuple[float, float, float]]:
+    variants: list[tuple[str, str, str, bool]] = [  # name, dtype, latent_frames, compile
+        ("ours_fp32", "float32", "needed", False),
+        ("ours_fp32_reference_len", "float32", "reference", False),
+        ("reference_fp32", "float32", "reference", False),
+        ("ours_fp16", "float16", "needed", False),
+        ("ours_bf16", "bfloat16", "needed", False),
+        ("ours_bf16_compile", "bfloat16", "needed", True),  # last: compiling changes global state
+    ]
+    results: dict[str, tuple[float, float, float]] = {}
+    for name, dtype, frames, compiled in variants:
+        if name in skip:
+            continue
+        started = time.perf_counter()
+        gen = TangoFluxGenerator.from_dir(model_dir, device=device, dtype=dtype,
+                                          latent_frames=frames)  # type: ignore[arg-type]
+        load_s = time.perf_counter() - started
+        if compiled:
+            gen._core.transformer = torch.compile(gen._core.transformer)  # type: ignore[assignment]
+        if name == "reference_fp32":
+            def run(gen: TangoFluxGenerator = gen) -> Any:
+                return reference_generate(gen, PROMPT, duration_s=args.duration, steps=args.steps,
+                                          guidance_scale=args.guidance, seed=0)
+        else:
+            def run(gen: TangoFluxGenerator = gen) -> Any:
+                return gen.generate(PROMPT, duration_s=args.duration, steps=args.steps,
+                                    guidance_scale=args.guidance, seed=0)
+        seconds, peak = _time(run, device, args.repeats)
+        results[name] = (seconds, peak, load_s)
+        print(f"{name}: {seconds:.3f} s (peak {peak:.1f} GB)", flush=True)
+        del gen, run
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())
