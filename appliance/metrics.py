@@ -130,6 +130,10 @@ class Metrics:
         self.mqtt_sent = Counter(
             "audiogen_mqtt_messages_sent_total", "MQTT messages published.", registry=r,
         )
+        self.mqtt_redeliveries = Counter(
+            "audiogen_mqtt_redeliveries_dropped_total",
+            "QoS 1 messages the broker sent again (DUP) after they had been handled.", registry=r,
+        )
         self.start_time = Gauge(
             "audiogen_start_time_seconds", "Unix time the supervisor started.", registry=r,
         )

@@ -9,11 +9,13 @@ reply waits ~40-90 ms for Nagle's algorithm.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,36 @@ class InboundMessage:
 
 
 MessageHandler = Callable[[InboundMessage], None]
+
+
+class RedeliveryFilter:
+    """Recognises a QoS 1 message that the broker delivers again after it was handled.
+
+    A message handled just before a disconnect may not have been acknowledged; after the
+    reconnect the broker sends it again with the DUP flag. Answering it again would answer a
+    request twice, so a DUP message whose fingerprint (topic, payload, reply properties) was
+    seen recently is dropped. Messages without DUP are never dropped: a device may send the
+    same request twice on purpose. The memory is bounded to the last ``capacity`` messages.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def seen_before(self, message: InboundMessage, *, dup: bool) -> bool:
+        fingerprint = hashlib.blake2b(digest_size=16)
+        for part in (message.topic.encode(), message.payload, (message.response_topic or "").encode(),
+                     message.correlation_data or b""):
+            fingerprint.update(len(part).to_bytes(4, "big"))
+            fingerprint.update(part)
+        key = fingerprint.digest()
+        if dup and key in self._seen:
+            return True
+        self._seen[key] = None
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return False
 
 
 def enable_tcp_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -123,6 +155,7 @@ class MqttAdapter:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._redeliveries = RedeliveryFilter()
 
     @property
     def connected(self) -> bool:
@@ -205,6 +238,11 @@ class MqttAdapter:
             correlation_data=getattr(properties, "CorrelationData", None) if properties else None,
             received_at=time.perf_counter(),
         )
+        if self._redeliveries.seen_before(inbound, dup=bool(message.dup)):
+            self._metrics.mqtt_redeliveries.inc()
+            log.info("dropped a redelivered message that was already handled",
+                     extra={"topic": message.topic})
+            return
         try:
             self._on_message(inbound)
         except Exception:  # nothing a device sends may kill the network thread
