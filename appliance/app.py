@@ -25,13 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import EmbeddedBroker
 from appliance.cache.match import ReuseJudge, ReuseThresholds
-from appliance.cache.semantic import SemanticCache, Vector, ensure_embedder
+from appliance.cache.semantic import ClapTextScorer, SemanticCache, Vector, ensure_embedder
 from appliance.cache.store import CacheStore, EmbedderInfo
 from appliance.config import Settings
+from appliance.errors import ConfigError
 from appliance.http import HttpServer
 from appliance.metrics import Metrics
 from appliance.models.embedder import PromptEmbedder
@@ -159,16 +162,50 @@ class Appliance:
         info = EmbedderInfo(embedder.name, embedder.dimension)
         reembedded = ensure_embedder(self._cache, info, embedder.embed)
         judge = ReuseJudge(ReuseThresholds(tau_semantic=s.cache.tau_semantic, tau_reuse=s.cache.tau_reuse))
+        clap_check = self._clap_text_check()
         semantic = SemanticCache(self._cache, judge, dimension=embedder.dimension, top_k=s.cache.top_k,
-                                 tau_clap_reuse=s.cache.tau_clap_reuse)
+                                 clap_check=clap_check, tau_clap_reuse=s.cache.tau_clap_reuse)
         semantic.sync()
         log.info("semantic cache ready", extra={"embedder": embedder.name, "items": len(semantic),
-                                                "reembedded": reembedded})
+                                                "reembedded": reembedded,
+                                                "clap_check": clap_check is not None})
 
         def embed(prompt: str) -> Vector:
             return embedder.embed([prompt])[0]
 
         return semantic, embed
+
+    def _clap_text_check(self) -> ClapTextScorer | None:
+        """The CLAP verification of semantic hits, per ``cache.clap_check``; None when off.
+
+        ``auto`` turns it on only with real CLAP weights: a random-weight scorer's numbers
+        mean nothing (DESIGN.md). The text tower runs here on the CPU (one prompt, ~40 ms on
+        the full model), not in a worker that may be busy generating for seconds.
+        """
+        s = self.settings
+        mode = s.cache.clap_check
+        if mode == "off" or (mode == "auto" and s.models.uses_tiny_clap):
+            log.info("semantic hits are not verified by CLAP",
+                     extra={"clap_check": mode, "reason": "configured off" if mode == "off"
+                            else "random-weight scorer (models.clap is empty)"})
+            return None
+        clap_dir = s.models.clap_dir()
+        if not (clap_dir / "config.json").is_file():
+            raise ConfigError(f"cache.clap_check is {mode!r} but there is no CLAP model at {clap_dir} "
+                              "(set models.clap, or run `appliance models build-tiny`)")
+        from appliance.models.clap import ClapScorer  # torch + transformers: only when used
+
+        scorer = ClapScorer.from_dir(clap_dir, device="cpu")
+        if mode == "auto" and scorer.is_random:
+            log.info("semantic hits are not verified by CLAP",
+                     extra={"clap_check": mode, "reason": f"random-weight scorer at {clap_dir}"})
+            return None
+
+        def check(prompt: str, audio_vector: Vector) -> float:
+            text = scorer.text_embeddings([prompt])[0]
+            return float(np.dot(text.astype(np.float64), audio_vector.astype(np.float64)))
+
+        return check
 
     def _on_message(self, message: InboundMessage) -> None:
         if self._admin is not None and self.topics.is_admin(message.topic):
@@ -268,13 +305,13 @@ class Appliance:
             supervisor.stop_accepting()
         if pool is not None:
             pool.stop_accepting()
-        deadline = time.monotonic() + self.drain_timeout_s
-        while supervisor is not None and supervisor.in_flight() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pool is not None:
-            pool.stop(timeout_s=max(1.0, deadline - time.monotonic()))  # queued → unavailable
         if supervisor is not None:
-            supervisor.close()
+            supervisor.close()  # lookups under way end in a hit or in `unavailable`
+        if pool is not None:
+            # queued generations are answered `unavailable` at once; the ones under way get
+            # until the drain timeout to finish (then `unavailable` too)
+            pool.stop(timeout_s=self.drain_timeout_s)
+        if supervisor is not None:
             answered_by = time.monotonic() + 2.0
             while supervisor.in_flight() and time.monotonic() < answered_by:
                 time.sleep(0.02)

@@ -21,10 +21,13 @@ is the source caption with a variant number. The fill writes audio without fsync
 LMDB with ``sync=False`` (a fill of 100 k with fsyncs takes many minutes); lookups run on
 the store reopened with the shipped settings.
 
-Timing. Wall-clock with numpy's default threads (the real latency) and CPU time per call
-(``process_time``), which is the more stable figure on a machine shared with other work.
-``--big`` adds a 300 k cache and a 2 M index (minutes). The last line holds the headline
-figures as ``name=value`` pairs.
+Timing. Wall-clock (the real latency) and CPU time per call (``process_time``), which is the
+more stable figure on a machine shared with other work. Run it once as it is and once with
+``OPENBLAS_NUM_THREADS=1``: on two busy cores a threaded OpenBLAS product waits for its
+second thread to be scheduled, which shows as p50/p99 in multiples of the 4-8 ms timeslice.
+``--big`` adds a 300 k cache and a 2 M index (minutes); ``--isotropic 1.0`` adds isotropic
+noise on top of the synthetic vectors, the worst case for the index's projection. The last
+line holds the headline figures as ``name=value`` pairs.
 """
 
 from __future__ import annotations
@@ -92,9 +95,10 @@ def timed(call: Callable[[Any], Any], inputs: Iterable[Any]) -> tuple[list[float
 class Variants:
     """Synthetic embeddings with the spectrum of the real ones (see the module docstring)."""
 
-    def __init__(self, real: Matrix, noise: float, seed: int = 0) -> None:
+    def __init__(self, real: Matrix, noise: float, isotropic: float = 0.0, seed: int = 0) -> None:
         self.real = real
         self.noise = noise
+        self.isotropic = isotropic  # a stress test: noise that no projection can capture
         self.rng = np.random.default_rng(seed)
         covariance = np.cov(real.T.astype(np.float64))
         self.factor = np.linalg.cholesky(covariance + 1e-8 * np.eye(real.shape[1])).astype(np.float32)
@@ -107,6 +111,9 @@ class Variants:
             stop = min(count, start + 100_000)
             z = self.rng.standard_normal((stop - start, self.real.shape[1]), dtype=np.float32)
             out[start:stop] = self.real[sources[start:stop]] + self.noise * (z @ self.factor.T)
+            if self.isotropic:
+                flat = self.rng.standard_normal(z.shape, dtype=np.float32)
+                out[start:stop] += self.isotropic / math.sqrt(z.shape[1]) * flat
         out /= np.linalg.norm(out, axis=1, keepdims=True)
         return sources, out
 
@@ -308,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index-sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--noise", type=float, default=0.7)
+    parser.add_argument("--isotropic", type=float, default=0.0,
+                        help="add isotropic noise of this norm (a worst case for the index)")
     parser.add_argument("--crossover", action="store_true")
     parser.add_argument("--big", action="store_true", help="add a 300 k cache and a 2 M index")
     args = parser.parse_args(argv)
@@ -327,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     real = embedder.embed(cached).astype(np.float32)
     query_vectors = embedder.embed(queries).astype(np.float32)
     print(f"embedder {embedder.name}: {len(cached)} cached + {len(queries)} query captions embedded "
-          f"in {time.perf_counter() - t0:.1f} s; synthetic noise {args.noise}")
-    variants = Variants(real, args.noise)
+          f"in {time.perf_counter() - t0:.1f} s; synthetic noise {args.noise}, isotropic {args.isotropic}")
+    variants = Variants(real, args.noise, args.isotropic)
     headline: dict[str, str] = {}
     cache_figures(sizes, cached, real, variants, queries, query_vectors, embedder, headline)
     index_figures(index_sizes, variants, query_vectors, headline)
@@ -337,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     headline["total_s"] = f"{time.perf_counter() - started:.0f}"
     headline["load_avg_1m"] = f"{os.getloadavg()[0]:.1f}"  # the machine may be shared: say how busy
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"load average at the end: {load} on {os.cpu_count()} cores")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    print(f"load average at the end: {load} on {os.cpu_count()} cores; OPENBLAS_NUM_THREADS={blas}")
     print(" ".join(f"{k}={v}" for k, v in headline.items()))
     return 0
 

@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from appliance.cache.store import CacheStore
 from appliance.mqtt import enable_tcp_nodelay
 from appliance.testing import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
@@ -73,6 +74,12 @@ def test_worker_killed_twenty_times_answers_each_and_comes_back(service: Service
     assert {body["code"] for body in replies.values()} == {"worker_failed"}
     assert after["status"] == "ok" and after["cached"] is False
     assert worker["restarts"] == 20
+    cache_dir = service.settings.cache.dir
+    store = CacheStore(cache_dir if cache_dir.is_absolute() else service.config_path.parent / cache_dir)
+    try:
+        assert store.verify().ok, "the crashes must not damage the cache"
+    finally:
+        store.close()
     _, metrics = service.http_bytes("/metrics")
     assert b'audiogen_worker_restarts_total{reason="worker_failed",worker="cpu"} 20.0' in metrics
     status, _ = service.http_json("/readyz")
@@ -214,3 +221,37 @@ def test_a_cache_that_cannot_be_written_still_answers_every_request(service: Ser
     assert "could not cache a result" in service.log()
     status, _ = service.http_json("/readyz")
     assert status == 200
+
+
+def test_sigterm_with_requests_in_flight_answers_each_and_exits_cleanly(
+    service: Service, broker: Broker
+) -> None:
+    device = RawClient(broker.host, broker.port, "faults/replies/#")
+    status = RawClient(broker.host, broker.port, service.topics.status)
+    progress = RawClient(broker.host, broker.port, f"{service.topics.prefix}/progress/#")
+    try:
+        assert status.next(timeout_s=5).payload == b"online"
+        for index in range(4):  # one generating, three queued behind it
+            device.publish(service.topics.request,
+                           json.dumps({"prompt": f"a distant siren {index}", "request_id": f"drain-{index}",
+                                       "duration_s": 4, "steps": 150}),
+                           response_topic=f"faults/replies/drain-{index}")
+        progress.next(timeout_s=60)
+        started = time.monotonic()
+        code = service.stop(timeout_s=60)
+        stopped_in = time.monotonic() - started
+        replies = {}
+        while len(replies) < 4:
+            reply = device.next(timeout_s=10)
+            replies[reply.topic.rsplit("/", 1)[-1]] = reply.json()
+        offline = status.next(timeout_s=10).payload
+    finally:
+        device.close()
+        status.close()
+        progress.close()
+    assert code == 0 and stopped_in < 60
+    assert sorted(replies) == [f"drain-{i}" for i in range(4)]
+    outcomes = [replies[f"drain-{i}"].get("code", replies[f"drain-{i}"]["status"]) for i in range(4)]
+    assert outcomes[0] == "ok", "the generation under way is finished, not dropped"
+    assert set(outcomes[1:]) <= {"ok", "unavailable"}, outcomes
+    assert offline == b"offline"

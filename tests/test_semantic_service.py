@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from appliance.client import RequestClient
+from appliance.models.tiny_clap import build_tiny_clap
+from appliance.testing import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 
 
@@ -69,3 +74,36 @@ def test_force_bypasses_exact_and_semantic_hits(service: Service, broker: Broker
         client.close()
     assert forced["cached"] is False and forced["key"] != first["key"]
     assert again["cached"] is True and again["key"] == forced["key"], "the exact key names the newest clip"
+
+
+def _clap_verified_service(tmp_path: Path, broker: Broker, models_dir: Path, tau: float) -> ServiceProcess:
+    clap_dir = tmp_path / "clap"
+    build_tiny_clap(clap_dir)
+    sections = service_sections(tmp_path, broker, models_dir)
+    sections["models"]["clap"] = str(clap_dir)
+    sections["cache"]["clap_check"] = "on"  # a random scorer: "auto" would leave it off
+    sections["cache"]["tau_clap_reuse"] = tau
+    service = ServiceProcess.start(tmp_path, sections)
+    service.wait_ready()
+    return service
+
+
+@pytest.mark.parametrize(("tau", "reused"), [(-1.0, True), (1.0, False)])
+def test_semantic_hit_is_verified_by_clap(
+    tmp_path: Path, broker: Broker, models_dir: Path, tau: float, reused: bool
+) -> None:
+    service = _clap_verified_service(tmp_path, broker, models_dir, tau)
+    client = RequestClient(broker.settings(), service.topics)
+    client.connect()
+    try:
+        original = _ask(client, "a dog barking in the distance")
+        paraphrase = _ask(client, "a dog barks far away")
+    finally:
+        client.close()
+        service.stop()
+    assert original["stored"] is True
+    assert paraphrase["cached"] is reused, paraphrase
+    if reused:  # the CLAP text-audio cosine was computed and passed the threshold
+        assert isinstance(paraphrase["clap_reuse_score"], float)
+        assert -1.0 <= paraphrase["clap_reuse_score"] <= 1.0
+    assert "semantic hits are not verified by CLAP" not in service.log()

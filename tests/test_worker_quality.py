@@ -62,4 +62,5 @@ def test_gate_forced_on_keeps_clips_below_tau_accept_new_out_of_the_cache(
     assert first["status"] == "ok", first
     assert first["quality_gate"] == "on" and first["stored"] is False
     assert isinstance(first["clap_similarity"], float) and first["clap_similarity"] < 1.0
+    assert "audio_url" not in first and "audio_topic" in first, "no URL for a clip not cached"
     assert second["cached"] is False, "a clip the gate refused must not be served from the cache"

@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -86,11 +85,6 @@ _COMPUTED_SUFFIXES = (
 )
 
 Embeddings = npt.NDArray[np.float32]
-
-
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def _parse_config(raw: Mapping[str, Any], source: Path) -> Any:

@@ -231,6 +231,10 @@ class WorkerPool:
                 job.request_id, job.params, self._settings.generation_timeout_s, job.on_progress
             )
         except ApplianceError as exc:
+            if self._stop.is_set() and isinstance(exc, WorkerFailed):
+                # stopped by the drain deadline, not by a fault of its own
+                job.future.set_exception(Unavailable("the appliance shut down during this generation"))
+                return False
             job.future.set_exception(exc)
             reported = isinstance(exc, WorkerFailed) and not isinstance(exc, WorkerDied)
             if reported and worker.is_alive():
