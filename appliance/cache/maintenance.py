@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +32,7 @@ import numpy.typing as npt
 import regex
 
 from appliance.cache.match import normalise_prompt
-from appliance.cache.store import CacheItem, CacheStore
+from appliance.cache.store import CacheItem, CacheStore, write_file_durably
 from appliance.errors import InvalidRequest
 
 __all__ = [
@@ -568,8 +567,8 @@ def export(store: CacheStore, key: str, out_path: Path, *, overwrite: bool = Fal
                 raise InvalidRequest(f"out: {path} exists (pass overwrite to replace it)")
     audio = store.read_audio(item)
     metadata = {**asdict(item), "exported_from": str(store.directory), "audio_file": out_path.name}
-    _write_atomically(out_path, audio)
-    _write_atomically(meta_path, (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode())
+    write_file_durably(out_path, audio)
+    write_file_durably(meta_path, (json.dumps(metadata, indent=2, ensure_ascii=False) + "\n").encode())
     return ExportReport(key=item.key, audio_path=str(out_path), metadata_path=str(meta_path),
                         audio_bytes=len(audio))
 
@@ -848,18 +847,6 @@ def _vector_info(vector: npt.NDArray[np.float32] | None) -> VectorInfo:
     if vector is None or not vector.size:
         return VectorInfo(present=False)
     return VectorInfo(present=True, dimension=int(vector.size), norm=_r(float(np.linalg.norm(vector))))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _r(value: float) -> float:

@@ -22,7 +22,7 @@ cosine with lexical and structural signals read off the two prompts:
 The combined score is ``cosine + bonus - penalties``; a candidate is accepted when it has no
 conflict, its cosine is at least ``tau_semantic`` and its score at least ``tau_reuse``.
 Everything is symmetric in the two prompts. :data:`DEFAULT_THRESHOLDS` were calibrated on
-labelled prompt pairs for precision first (see docs/semantic-matching.md).
+labelled prompt pairs for precision first (see docs/cache.md).
 """
 
 from __future__ import annotations
@@ -1197,7 +1197,7 @@ class ReuseJudge:
         return ReuseDecision(True, score, cos, f"score {score:.3f} >= tau_reuse {t.tau_reuse:.3f}")
 
 
-# Calibrated for precision first (docs/semantic-matching.md): labelled pairs give the
+# Calibrated for precision first (docs/cache.md): labelled pairs give the
 # recall, a hand-labelled sample of AudioCaps reuses the precision of multi-sound prompts.
 # A candidate can only pass with cosine >= tau_reuse - aligned_bonus (0.65), so the prefilter
 # sits a little below that.

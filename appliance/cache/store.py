@@ -262,7 +262,7 @@ class CacheStore:
     ) -> PutResult:
         """Store a clip (file first, then metadata and vectors); evict to stay under the caps."""
         path = self.audio_path(item.key, item.audio_format)
-        _write_file_durably(path, audio)
+        write_file_durably(path, audio)
         item.audio_bytes = len(audio)
 
         def write(txn: lmdb.Transaction) -> PutResult:
@@ -482,7 +482,8 @@ def _eviction_rank(item: CacheItem) -> tuple[float, float]:
     return (last_used + quality * 86_400.0, item.generation_timestamp)
 
 
-def _write_file_durably(path: Path, data: bytes) -> None:
+def write_file_durably(path: Path, data: bytes) -> None:
+    """Write to a temporary name, fsync, rename into place, fsync the directory."""
     tmp = path.with_name(f".tmp-{path.name}")
     try:
         with open(tmp, "wb") as handle:
