@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
@@ -103,6 +104,9 @@ class Appliance:
 
     def _start(self) -> None:
         s = self.settings
+        # numpy's BLAS serves one vector search at a time; a second BLAS thread only waits to
+        # be scheduled on a core the worker and the embedder already use (docs/cache.md)
+        threadpool_limits(limits=1, user_api="blas")
         if s.models.uses_tiny:
             log.warning(
                 "NO REAL MODEL CONFIGURED: generating with the TINY RANDOM-WEIGHT TangoFlux "

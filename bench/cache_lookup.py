@@ -128,7 +128,7 @@ class Variants:
 @contextmanager
 def fast_fill() -> Iterator[None]:
     """Durability off while filling (see the module docstring); restored afterwards."""
-    real_open, real_write = lmdb.open, store_module._write_file_durably
+    real_open, real_write = lmdb.open, store_module.write_file_durably
 
     def open_nosync(*args: Any, **kwargs: Any) -> Any:
         return real_open(*args, **{**kwargs, "sync": False, "metasync": False})
@@ -136,11 +136,11 @@ def fast_fill() -> Iterator[None]:
     def write_plain(path: Path, data: bytes) -> None:
         path.write_bytes(data)
 
-    lmdb.open, store_module._write_file_durably = open_nosync, write_plain  # type: ignore[assignment]
+    lmdb.open, store_module.write_file_durably = open_nosync, write_plain  # type: ignore[assignment]
     try:
         yield
     finally:
-        lmdb.open, store_module._write_file_durably = real_open, real_write
+        lmdb.open, store_module.write_file_durably = real_open, real_write
 
 
 def fill(directory: Path, prompts: list[str], vectors: Matrix) -> None:

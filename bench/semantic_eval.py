@@ -184,8 +184,8 @@ def cross_validate(per_file: dict[str, list[Scored]]) -> None:
     preds: list[tuple[bool, bool]] = []
     taus: list[float] = []
     for i in range(k):
-        train = [r for j, f in enumerate(folds) if j != i for r in f]
-        fit = best_threshold(train, use_score=True)
+        training = [r for j, f in enumerate(folds) if j != i for r in f]
+        fit = best_threshold(training, use_score=True)
         tau = fit[0] if fit else 1.0
         taus.append(tau)
         preds += [(r.pair.label, r.score >= tau) for r in folds[i]]

@@ -2,7 +2,7 @@
 
 Embeddings are L2-normalised, so cosine similarity is a dot product. Below
 :data:`BRUTE_FORCE_BELOW` rows a query is one matrix-vector product over every row (about
-0.5 ms at 10 k). Above it brute force costs 5 ms at 100 k and 40-60 ms at 1 M on two cores,
+0.2 ms at 10 k). Above it brute force costs 5 ms at 100 k and 47-56 ms at 1 M on two cores,
 so the index prunes with bounds that can never drop a true result:
 
 * a basis ``E`` (the principal directions of a sample of the stored vectors, uncentred) is

@@ -107,7 +107,9 @@ class SemanticCache:
         """The best reusable item for ``prompt``, or None."""
         self.sync()
         tau = self._judge.thresholds.tau_semantic
-        for neighbour in self._index.search(vector, k=self._top_k, min_score=tau):
+        with self._lock:  # added() changes the index in place from the generation thread
+            neighbours = self._index.search(vector, k=self._top_k, min_score=tau)
+        for neighbour in neighbours:
             try:
                 item = self._store.get(neighbour.key)
             except NotFound:
