@@ -15,6 +15,7 @@ cache and publishes the retained ``<base>/<node>/stats`` summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ from appliance.worker.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 HIT_FLUSH_INTERVAL_S = 2.0
+EMBEDDING_CACHE_SIZE = 4096  # prompts; 384 float32 each: ~6 MB
 # The main loop's longest sleep: READY=1 follows the first ready worker within it. Shorter
 # when the systemd watchdog asks for pings more often (WATCHDOG_USEC / 2).
 MAX_TICK_S = 0.5
@@ -174,8 +176,13 @@ class Appliance:
                                                 "reembedded": reembedded,
                                                 "clap_check": clap_check is not None})
 
+        # devices repeat their prompts: a repeated paraphrase costs a dict lookup, not ~10 ms
+        # of CPU (keyed by the exact text, so a vector never differs from a fresh embedding)
+        @functools.lru_cache(maxsize=EMBEDDING_CACHE_SIZE)
         def embed(prompt: str) -> Vector:
-            return embedder.embed([prompt])[0]
+            vector = embedder.embed([prompt])[0]
+            vector.setflags(write=False)  # shared by every request with this prompt
+            return vector
 
         return semantic, embed
 
