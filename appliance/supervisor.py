@@ -8,6 +8,7 @@ the network thread; generations are queued and answered from the pool's callback
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -106,6 +107,7 @@ class Supervisor:
         self.model_name = model_name
         self._audio_base_url = audio_base_url.rstrip("/")
         self._inflight: dict[str, _InFlight] = {}
+        self._replying = 0  # waiters taken out of _inflight whose replies are being sent
         self._lock = threading.Lock()
         self._accepting = True
         self._semantic = semantic
@@ -136,7 +138,8 @@ class Supervisor:
         try:
             if not self._accepting:
                 raise Unavailable("the appliance is shutting down")
-            if not self._rate.allow(message.response_topic or parsed.reply_to or "(no reply address)"):
+            client = message.response_topic or parsed.reply_to
+            if client is not None and not self._rate.allow(client):
                 raise Busy(f"rate limit: at most {self._rate.rate_per_s:g} requests/s from one client "
                            f"(burst {self._rate.burst})")
             self._serve(request, address, message.received_at, source)
@@ -155,8 +158,9 @@ class Supervisor:
         self._lookups.shutdown(wait=True)
 
     def in_flight(self) -> int:
+        """Requests accepted and not yet answered (the drain waits for them)."""
         with self._lock:
-            return sum(len(entry.waiters) for entry in self._inflight.values())
+            return self._replying + sum(len(entry.waiters) for entry in self._inflight.values())
 
     # -- the request path ----------------------------------------------------------------
 
@@ -166,7 +170,7 @@ class Supervisor:
                         loop=params.loop)
         if not request.force:
             item = self._cache.lookup_exact(key)
-            if item is not None:
+            if item is not None and self._audio_present(item):
                 self._metrics.cache_lookups.labels(result="exact").inc()
                 self._reply_hit(request, address, item, received_at, source, match="exact",
                                 similarity=1.0)
@@ -179,6 +183,15 @@ class Supervisor:
         if not self._lookup_slots.acquire(blocking=False):
             raise Busy("too many semantic lookups waiting")
         self._lookups.submit(self._lookup_then_generate, request, address, received_at, source, key)
+
+    def _audio_present(self, item: CacheItem) -> bool:
+        """False (and the item dropped) when a cached item's audio file has gone missing."""
+        if self._cache.audio_path(item.key, item.audio_format).is_file():
+            return True
+        log.error("cached audio is missing: dropping the item", extra={"key": item.key})
+        with contextlib.suppress(CacheError):
+            self._cache.delete([item.key])
+        return False
 
     def _lookup_then_generate(
         self, request: Request, address: ReplyAddress, received_at: float, source: str, key: str
@@ -194,7 +207,7 @@ class Supervisor:
                     duration_tolerance_s=self._settings.cache.duration_tolerance_s,
                 )
                 hit = self._semantic.find(params.prompt, vector, compatibility)
-                if hit is not None:
+                if hit is not None and self._audio_present(hit.item):
                     self._metrics.cache_lookups.labels(result="semantic").inc()
                     self._metrics.semantic_similarity.observe(hit.similarity)
                     self._reply_hit(request, address, hit.item, received_at, source, match="semantic",
@@ -241,20 +254,37 @@ class Supervisor:
         future.add_done_callback(lambda done: self._finish(flight_key, key, done, source))
 
     def _finish(self, flight_key: str, key: str, future: Future[GenerationResult], source: str) -> None:
+        """Runs as the future's callback: answer every waiter exactly once, whatever fails."""
         with self._lock:
             flight = self._inflight.pop(flight_key, _InFlight())
+            self._replying += len(flight.waiters)  # still in flight for the drain until answered
+        answered: set[int] = set()
+        try:
+            self._answer_generation(flight, key, future, source, answered)
+        except Exception as exc:
+            log.exception("could not complete a generation's replies", extra={"key": key})
+            internal = WorkerFailed(f"internal error: {exc}")
+            for index, waiter in enumerate(flight.waiters):
+                if index not in answered:
+                    with contextlib.suppress(Exception):
+                        self._reply_error(waiter.address, waiter.request.request_id, internal,
+                                          waiter.received_at, source)
+        finally:
+            with self._lock:
+                self._replying -= len(flight.waiters)
+
+    def _answer_generation(
+        self, flight: _InFlight, key: str, future: Future[GenerationResult], source: str,
+        answered: set[int],
+    ) -> None:
         waiters = flight.waiters
         try:
             result = future.result()
-        except ApplianceError as error:
-            for waiter in waiters:
-                self._reply_error(waiter.address, waiter.request.request_id, error,
-                                  waiter.received_at, source)
-            return
         except Exception as exc:
-            internal = WorkerFailed(f"internal error: {exc}")
-            for waiter in waiters:
-                self._reply_error(waiter.address, waiter.request.request_id, internal,
+            error = exc if isinstance(exc, ApplianceError) else WorkerFailed(f"internal error: {exc}")
+            for index, waiter in enumerate(waiters):
+                answered.add(index)
+                self._reply_error(waiter.address, waiter.request.request_id, error,
                                   waiter.received_at, source)
             return
         first = waiters[0].request
@@ -267,9 +297,10 @@ class Supervisor:
         elif gate == "off":
             gate = "off (configured)"
         stored = self._store(item, audio, flight.vector, result.clap_vector, gate_on=gate == "on")
-        for waiter in waiters:
+        for index, waiter in enumerate(waiters):
             body = self._generation_metadata(waiter.request, item, result, stored)
             body["quality_gate"] = gate
+            answered.add(index)
             self._deliver(waiter, body, audio, item.key, stored=stored)
             self._metrics.request_duration.labels(path="generated").observe(
                 time.perf_counter() - waiter.received_at)
@@ -352,7 +383,7 @@ class Supervisor:
         self._metrics.malformed_requests.labels(code=error.code).inc()
         log.warning("invalid request", extra={"request_id": request_id, "code": error.code,
                                               "error": error.message, "topic": message.topic})
-        if message.response_topic:
+        if message.response_topic and not self._topics.is_reserved(message.response_topic):
             address = ReplyAddress(message.response_topic, message.correlation_data)
         elif reply_to and not self._topics.is_reserved(reply_to):
             address = ReplyAddress(reply_to)
@@ -373,6 +404,8 @@ class Supervisor:
 
     def _reply_address(self, message: InboundMessage, reply_to: str | None, request_id: str) -> ReplyAddress:
         if message.response_topic:
+            if self._topics.is_reserved(message.response_topic):
+                raise FieldError("response_topic", "names a topic of the appliance itself")
             return ReplyAddress(message.response_topic, message.correlation_data)
         if reply_to is not None:
             if self._topics.is_reserved(reply_to):

@@ -173,15 +173,22 @@ def test_hostile_payloads_over_mqtt_are_each_answered_and_the_service_keeps_serv
         json.dumps({"prompt": "a" * 501}).encode(), json.dumps({"prompt": "\u202e\u200b"}).encode(),
     ]
     device = RawClient(broker.host, broker.port, "hostile/replies/#")
+    status = RawClient(broker.host, broker.port, service.topics.status)
     try:
+        assert status.next(timeout_s=5).payload == b"online"
+        # a Response Topic naming the appliance's own status topic must not be published to
+        device.publish(service.topics.request, json.dumps({"prompt": "x", "request_id": "spoof"}),
+                       response_topic=service.topics.status)
         for index, payload in enumerate(payloads):
             device.publish(service.topics.request, payload, response_topic=f"hostile/replies/{index}")
         replies = {device.next(timeout_s=30).topic: None for _ in payloads}
         good = json.dumps({"prompt": "a calm sea", "duration_s": 1})
         device.publish(service.topics.request, good, response_topic="hostile/replies/good")
         answer = device.next(timeout_s=120)
+        assert status.messages.empty(), f"published on the status topic: {status.next().payload[:100]!r}"
     finally:
         device.close()
+        status.close()
     assert sorted(replies) == sorted(f"hostile/replies/{i}" for i in range(len(payloads)))
     assert answer.topic == "hostile/replies/good" and answer.json()["status"] == "ok"
 

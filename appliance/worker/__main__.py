@@ -191,9 +191,18 @@ def _generate(
         waveform = clips[best]
         embedding = np.ascontiguousarray(embeddings[best], dtype=np.float32)
         elapsed = time.perf_counter() - started
-    except Exception as exc:  # reported to the supervisor, the worker keeps serving
+    except Exception as exc:  # reported to the supervisor
         log.exception("generation failed", extra={"request_id": job_id})
-        _send(out, {"type": "error", "id": job_id, "code": "worker_failed", "message": str(exc)})
+        fatal = _is_device_error(exc)
+        _send(out, {"type": "error", "id": job_id, "code": "worker_failed", "message": str(exc),
+                    "fatal": fatal})
+        if fatal:
+            # out of GPU memory, or a CUDA error that leaves the context unusable: exit so
+            # that the supervisor restarts this worker with a fresh context (and it is not
+            # ready meanwhile) instead of failing every later request
+            log.error("device error: exiting for a restart", extra={"request_id": job_id})
+            out.flush()
+            os._exit(3)
         return
     header = {
         "type": "result",
@@ -233,3 +242,15 @@ def _send(out: BinaryIO, header: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _is_device_error(exc: BaseException) -> bool:
+    """Out of GPU memory or a CUDA/accelerator runtime error (anything else keeps serving)."""
+    import torch  # loaded already by the model
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "cuDNN error",
+                                      "device-side assert", "illegal memory access"))

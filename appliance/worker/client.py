@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import signal
@@ -152,7 +153,11 @@ class WorkerProcess:
                         on_progress(int(frame.header["step"]), int(frame.header["total"]))
                     continue
                 if frame.type == "error":
-                    raise WorkerFailed(str(frame.header.get("message", "generation failed")))
+                    message = str(frame.header.get("message", "generation failed"))
+                    if frame.header.get("fatal"):  # a device error: the worker exits to restart
+                        self.kill()
+                        raise WorkerDied(f"device error, worker restarted: {message}")
+                    raise WorkerFailed(message)
                 if frame.type == "result":
                     return self._result(frame)
                 self.kill()
@@ -198,8 +203,11 @@ class WorkerProcess:
             model=str(header.get("model", self.model)),
             worker=self.spec.name,
             gpu=self.spec.gpu,
-            clap_similarity=None if score is None else float(score),
-            candidate_scores=tuple(float(s) for s in header.get("candidate_scores", ())),
+            clap_similarity=_finite_or_none(score),
+            candidate_scores=tuple(
+                value for value in (_finite_or_none(s) for s in header.get("candidate_scores", ()))
+                if value is not None
+            ),
             clap_vector=vector,
             scorer=str(header.get("scorer", self.scorer)),
             scorer_random=bool(header.get("scorer_random", self.scorer_random)),
@@ -230,7 +238,13 @@ class WorkerProcess:
                 f"while waiting for {waiting_for}; killed"
             ) from None
         if isinstance(item, Exception):
-            code = self._process.wait() if self._process else None
+            code = None
+            if self._process is not None:
+                try:  # the pipe ended: the worker has exited, or must not live on half-broken
+                    code = self._process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+                    code = self._process.returncode
             raise WorkerDied(f"worker {self.spec.name} exited (code {code}): {item}")
         return item
 
@@ -242,3 +256,11 @@ class WorkerProcess:
             except (ChannelClosed, ProtocolViolation, OSError, ValueError) as exc:
                 frames.put(exc)
                 return
+
+
+def _finite_or_none(value: object) -> float | None:
+    """A score as a float, or None when it is missing or not finite (NaN would poison JSON)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None

@@ -100,6 +100,7 @@ class WorkerPool:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self._settings.queue_size)
         self._stop = threading.Event()
         self._accepting = True
+        self._submit_lock = threading.Lock()
         self._workers: list[WorkerProcess] = []
         self._states: list[WorkerState] = []
         self._threads: list[threading.Thread] = []
@@ -126,15 +127,16 @@ class WorkerPool:
         on_progress: ProgressCallback | None = None,
     ) -> Future[GenerationResult]:
         """Queue a job; raises Busy when the queue is full, Unavailable when draining."""
-        if not self._accepting:
-            raise Unavailable("the appliance is shutting down")
         if all(state.state == "failed" for state in self._states):
             raise Unavailable("no worker could load the model: " + self._states[0].last_error)
         job = Job(request_id, params, on_progress)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Busy(f"generation queue is full ({self._settings.queue_size} waiting)") from None
+        with self._submit_lock:  # stop() cannot slip between the check and the put
+            if not self._accepting:
+                raise Unavailable("the appliance is shutting down")
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise Busy(f"generation queue is full ({self._settings.queue_size} waiting)") from None
         return job.future
 
     def ready_count(self) -> int:
@@ -160,7 +162,8 @@ class WorkerPool:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Finish the jobs being generated, fail queued ones as unavailable, stop workers."""
-        self._accepting = False
+        with self._submit_lock:
+            self._accepting = False
         self._stop.set()
         self._fail_queued(Unavailable("the appliance is shutting down"))
         for _ in self._threads:
@@ -173,6 +176,9 @@ class WorkerPool:
             thread.join(max(0.1, deadline - time.monotonic()))
         for worker in self._workers:
             worker.stop()
+        for thread in self._threads:  # a generation cut short by stop() is answered now
+            thread.join(5.0)
+        self._fail_queued(Unavailable("the appliance is shutting down"))
 
     def _dispatch(self, worker: WorkerProcess, state: WorkerState) -> None:
         backoff = self._settings.restart_backoff_initial_s
@@ -203,8 +209,8 @@ class WorkerPool:
             state.state = "failed" if isinstance(exc, ModelError) else "restarting"
             log.error("worker failed to start", extra={"worker": state.name, "error": exc.message})
             self._metrics.worker_up.labels(**labels).set(0)
-            if isinstance(exc, ModelError) and self.ready_count() == 0:
-                self._fail_queued(Unavailable(f"no worker could load the model: {exc.message}"))
+            if self.ready_count() == 0:  # nobody can serve what waits: answer it, don't let it rot
+                self._fail_queued(Unavailable(f"no worker is ready: {exc.message}"))
             return False
         state.state, state.pid, state.model, state.load_s = "ready", worker.pid, worker.model, worker.load_s
         state.scorer, state.scorer_random = worker.scorer, worker.scorer_random
