@@ -15,14 +15,12 @@ cache and publishes the retained ``<base>/<node>/stats`` summary.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import EmbeddedBroker
 from appliance.cache.match import ReuseJudge, ReuseThresholds
+from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.semantic import ClapTextScorer, SemanticCache, Vector, ensure_embedder
 from appliance.cache.store import CacheStore, EmbedderInfo
 from appliance.config import Settings
@@ -160,7 +159,7 @@ class Appliance:
             "broker": f"{s.broker.host}:{s.broker.port}", "cache_items": self._cache.totals().items,
         })
 
-    def _semantic_cache(self) -> tuple[SemanticCache, Callable[[str], Vector]]:
+    def _semantic_cache(self) -> tuple[SemanticCache, PromptVectors]:
         """Load the prompt embedder, align the stored vectors with it, build the index."""
         assert self._cache is not None
         s = self.settings
@@ -176,15 +175,7 @@ class Appliance:
                                                 "reembedded": reembedded,
                                                 "clap_check": clap_check is not None})
 
-        # devices repeat their prompts: a repeated paraphrase costs a dict lookup, not ~10 ms
-        # of CPU (keyed by the exact text, so a vector never differs from a fresh embedding)
-        @functools.lru_cache(maxsize=EMBEDDING_CACHE_SIZE)
-        def embed(prompt: str) -> Vector:
-            vector = embedder.embed([prompt])[0]
-            vector.setflags(write=False)  # shared by every request with this prompt
-            return vector
-
-        return semantic, embed
+        return semantic, PromptVectors(embedder.embed, capacity=EMBEDDING_CACHE_SIZE)
 
     def _clap_text_check(self) -> ClapTextScorer | None:
         """The CLAP verification of semantic hits, per ``cache.clap_check``; None when off.

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from appliance.audio import encode_wav
 from appliance.cache.keys import exact_key, new_item_key
+from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.semantic import Compatibility, SemanticCache, Vector
 from appliance.cache.store import CacheItem, CacheStore
 from appliance.config import Settings
@@ -96,7 +97,7 @@ class Supervisor:
         model_name: str,
         audio_base_url: str,
         semantic: SemanticCache | None = None,
-        embed: Callable[[str], Vector] | None = None,
+        embed: PromptVectors | None = None,
     ) -> None:
         self._settings = settings
         self._topics = Topics.from_settings(settings.node)
@@ -182,6 +183,7 @@ class Supervisor:
             return
         if not self._lookup_slots.acquire(blocking=False):
             raise Busy("too many semantic lookups waiting")
+        self._embed.expect(params.prompt)  # embedded with the next batch, not one by one
         self._lookups.submit(self._lookup_then_generate, request, address, received_at, source, key)
 
     def _audio_present(self, item: CacheItem) -> bool:
@@ -200,7 +202,7 @@ class Supervisor:
         assert self._semantic is not None and self._embed is not None
         params = request.params
         try:
-            vector = self._embed(params.prompt)
+            vector = self._embed.vector(params.prompt)
             if not request.force:
                 compatibility = Compatibility(
                     model=self.model_name, loop=params.loop, duration_s=params.duration_s,
