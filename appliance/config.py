@@ -129,7 +129,7 @@ class CacheSettings(_Section):
     dir: Path = Path("var/cache")
     max_items: int = Field(default=10_000, ge=1)
     max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
-    map_size_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    map_size_bytes: int = Field(default=16 * 1024**3, ge=1024 * 1024)
     semantic: bool = True
     tau_semantic: float = Field(default=DEFAULT_THRESHOLDS.tau_semantic, ge=-1, le=1)
     tau_reuse: float = Field(default=DEFAULT_THRESHOLDS.tau_reuse, ge=-2, le=2)
