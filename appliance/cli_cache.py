@@ -320,7 +320,8 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _size(n: int | None) -> str:
+def format_bytes(n: int | None) -> str:
+    """A byte count for people: ``705644`` → ``689.1 KiB``."""
     if n is None:
         return "-"
     value = float(n)
@@ -353,7 +354,7 @@ def _clip(text: str, width: int = 60) -> str:
 def _render_stats(r: dict[str, Any], out: _Out) -> None:
     hits, quality, embedder = r["hits"], r["quality"], r["embedder"]
     out.pairs("cache", [
-        ("items", r["items"]), ("bytes", f"{r['bytes']} ({_size(r['bytes'])})"),
+        ("items", r["items"]), ("bytes", f"{r['bytes']} ({format_bytes(r['bytes'])})"),
         ("generation", r["generation"]), ("oldest", _when(r["oldest_timestamp"])),
         ("newest", _when(r["newest_timestamp"])), ("loops", r["loops"]), ("models", r["models"]),
         ("embedder", f"{embedder['name']} ({embedder['dimension']} dims)" if embedder else None),
@@ -379,7 +380,7 @@ def _render_stats(r: dict[str, Any], out: _Out) -> None:
 def _render_list(r: dict[str, Any], out: _Out) -> None:
     out.table(None, ["key", "age", "hits", "clap", "dur", "loop", "size", "model", "prompt"], [
         [i["key"], _age(i["age_s"]), i["hits"], i["clap_similarity"], i["duration_s"], i["is_loop"],
-         _size(i["audio_bytes"]), i["model"], _clip(i["prompt"])]
+         format_bytes(i["audio_bytes"]), i["model"], _clip(i["prompt"])]
         for i in r["items"]
     ])
     order = "descending" if r["descending"] else "ascending"
@@ -402,13 +403,13 @@ def _vector(v: dict[str, Any]) -> str:
 
 
 def _render_export(r: dict[str, Any], out: _Out) -> None:
-    out.line(f"wrote {r['audio_path']} ({_size(r['audio_bytes'])}) and {r['metadata_path']}")
+    out.line(f"wrote {r['audio_path']} ({format_bytes(r['audio_bytes'])}) and {r['metadata_path']}")
 
 
 def _render_removal(r: dict[str, Any], out: _Out) -> None:
     if r["removed_items"]:
         out.table("would remove" if r["dry_run"] else "removed", ["key", "size", "created", "prompt"], [
-            [i["key"], _size(i["audio_bytes"]), _when(i["generation_timestamp"]), _clip(i["prompt"])]
+            [i["key"], format_bytes(i["audio_bytes"]), _when(i["generation_timestamp"]), _clip(i["prompt"])]
             for i in r["removed_items"]
         ])
         if r["removed_truncated"]:
@@ -418,10 +419,13 @@ def _render_removal(r: dict[str, Any], out: _Out) -> None:
 
 def _removal_summary(r: dict[str, Any], out: _Out) -> None:
     verb = "would remove" if r["dry_run"] else "removed"
+    def amount(items: int, size: int) -> str:
+        return f"{items} items, {size} bytes ({format_bytes(size)})"
+
     out.pairs(None, [
-        ("before", f"{r['before_items']} items, {r['before_bytes']} bytes ({_size(r['before_bytes'])})"),
-        ("after", f"{r['after_items']} items, {r['after_bytes']} bytes ({_size(r['after_bytes'])})"),
-        (verb, f"{r['removed_count']} items, {r['freed_bytes']} bytes ({_size(r['freed_bytes'])})"),
+        ("before", amount(r["before_items"], r["before_bytes"])),
+        ("after", amount(r["after_items"], r["after_bytes"])),
+        (verb, amount(r["removed_count"], r["freed_bytes"])),
         ("dry run", r["dry_run"]),
     ])
 
@@ -444,7 +448,7 @@ def _render_duplicates(r: dict[str, Any], out: _Out) -> None:
     if r["groups_truncated"]:
         out.line(f"… {r['group_count'] - len(r['groups'])} more groups not shown (--limit)")
     out.line(f"{r['group_count']} groups, {r['duplicate_count']} duplicates "
-             f"({_size(r['duplicate_bytes'])}) that the best item of their group can replace")
+             f"({format_bytes(r['duplicate_bytes'])}) that the best item of their group can replace")
     if r["removal"] is not None:
         _removal_summary(r["removal"], out)
     elif r["duplicate_count"]:

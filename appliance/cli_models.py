@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance.cli_cache import format_bytes
 from appliance.config import Settings
 
 
@@ -70,7 +71,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
             ("present", "yes" if report.present else "no"),
             ("loadable", {True: "yes", False: "NO", None: "not tried"}[report.loadable]
              + (f" ({report.load_s} s)" if report.load_s is not None else "")),
-            ("size", _size(report.total_bytes)),
+            ("size", format_bytes(report.total_bytes)),
         ]
         if report.missing:
             rows.append(("missing", ", ".join(report.missing)))
@@ -80,7 +81,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
             rows.append(("note", report.note))
         for entry in report.files:
             if entry.path.endswith((".safetensors", ".bin")):
-                rows.append((entry.path, f"{_size(entry.bytes)}  sha256 "
+                rows.append((entry.path, f"{format_bytes(entry.bytes)}  sha256 "
                              f"{entry.sha256 or '(use --hash)'}"))
         _print_rows(f"{report.role}: {'ok' if report.ok else 'NOT USABLE'}", rows)
     return 0 if ok else 1
@@ -113,15 +114,6 @@ def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"tiny TangoFlux written to {generator}\ntiny CLAP written to {scorer}")
     return 0
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"
 
 
 def _print_rows(title: str, rows: list[tuple[str, str]]) -> None:

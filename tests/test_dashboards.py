@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -162,14 +162,19 @@ def test_dashboard_is_provisioning_ready() -> None:
             assert target.get("datasource", panel["datasource"]) == panel["datasource"]
 
 
-def test_dashboard_uses_only_exported_metrics() -> None:
-    exported = exported_sample_names()
+def unexported(exprs: Iterable[tuple[str, str]], exported: frozenset[str]) -> list[str]:
+    """Each query that names no metric, or a metric the appliance does not export."""
     problems = []
-    for where, expr in dashboard_exprs():
+    for where, expr in exprs:
         names = metric_names(expr)
         if not names:
             problems.append(f"{where}: no metric found in {expr!r}")
         problems += [f"{where}: {name} is not exported" for name in sorted(names - exported)]
+    return problems
+
+
+def test_dashboard_uses_only_exported_metrics() -> None:
+    problems = unexported(dashboard_exprs(), exported_sample_names())
     assert not problems, "\n".join(problems)
 
 
@@ -193,13 +198,7 @@ def test_dashboard_charts_the_promised_metrics() -> None:
 # --- the alert rules -------------------------------------------------------------------------
 
 def test_alerts_use_only_exported_metrics() -> None:
-    exported = exported_sample_names() | PROMETHEUS_SERIES
-    problems = []
-    for where, expr in alert_exprs():
-        names = metric_names(expr)
-        if not names:
-            problems.append(f"{where}: no metric found in {expr!r}")
-        problems += [f"{where}: {name} is not exported" for name in sorted(names - exported)]
+    problems = unexported(alert_exprs(), exported_sample_names() | PROMETHEUS_SERIES)
     assert not problems, "\n".join(problems)
 
 
