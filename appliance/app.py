@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,10 @@ from appliance.cache.semantic import ClapTextScorer, SemanticCache, Vector, ensu
 from appliance.cache.store import CacheStore, EmbedderInfo
 from appliance.config import Settings
 from appliance.errors import ConfigError
+from appliance.ha_discovery import DeviceInfo, HaTopics
+from appliance.homeassistant import HomeAssistantBridge
 from appliance.http import HttpServer
+from appliance.local_requests import LocalReplies, LocalReply
 from appliance.metrics import Metrics
 from appliance.models.embedder import PromptEmbedder
 from appliance.models.files import generator_identity
@@ -46,6 +50,7 @@ from appliance.stats import Periodic, WorkerCounts, stats_message
 from appliance.supervisor import Supervisor
 from appliance.topics import Topics
 from appliance.worker.pool import WorkerPool
+from appliance.wyoming_server import WyomingServer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,8 @@ class Appliance:
         self._http: HttpServer | None = None
         self._supervisor: Supervisor | None = None
         self._admin: AdminTopicHandler | None = None
+        self._ha: HomeAssistantBridge | None = None
+        self._wyoming: WyomingServer | None = None
 
     def request_stop(self, *_: Any) -> None:
         self._stop.set()
@@ -135,20 +142,39 @@ class Appliance:
         )
         self._http.start()
         base_url = s.http.public_url or f"http://{s.http.host}:{self._http.port}"
+        ha_topics = HaTopics.build(s.homeassistant, self.topics)
         self._mqtt = MqttAdapter(
             s.broker,
             client_id=s.broker.client_id or f"appliance-{self.topics.node}",
             status_topic=self.topics.status,
-            subscriptions=self.topics.subscriptions(),
+            subscriptions=self.topics.subscriptions()
+            + (ha_topics.subscriptions() if s.homeassistant.discovery else []),
             on_message=self._on_message,
             metrics=self.metrics,
         )
+        # Home Assistant's prompts and Wyoming's requests take the same path as MQTT ones
+        local = LocalReplies(self._mqtt, self.topics)
+        model_name = generator_identity(s.models.tangoflux_dir(), tiny=s.models.uses_tiny)
         semantic, embed = self._semantic_cache() if s.cache.semantic else (None, None)
         self._supervisor = Supervisor(
-            s, cache=self._cache, pool=self._pool, publisher=self._mqtt, metrics=self.metrics,
-            model_name=generator_identity(s.models.tangoflux_dir(), tiny=s.models.uses_tiny),
-            audio_base_url=base_url, semantic=semantic, embed=embed,
+            s, cache=self._cache, pool=self._pool, publisher=local, metrics=self.metrics,
+            model_name=model_name, audio_base_url=base_url, semantic=semantic, embed=embed,
+            on_served=self._clip_served,
         )
+        local.bind(self._supervisor.handle)
+        self._ha = HomeAssistantBridge(
+            s.homeassistant, ha_topics, self._mqtt, audio_base_url=base_url,
+            device=DeviceInfo(self.topics.node, s.homeassistant.device_name
+                              or f"Audio generator {self.topics.node}", model_name, base_url),
+            summary=self.metrics.summary, workers=self._pool.states,
+            submit_prompt=lambda text: self._log_failure(
+                local.submit({"prompt": text, "deliver": "url"}, source="homeassistant")),
+        )
+        if s.wyoming.enabled:
+            self._wyoming = WyomingServer(
+                s.wyoming, submit=lambda body: local.submit(body, source="wyoming"),
+                models=[model_name], timeout_s=s.workers.generation_timeout_s + 60)
+            self._wyoming.start()
         self._admin = AdminTopicHandler(
             AdminDispatcher(self._cache), self._mqtt, self.topics,
             max_payload_bytes=s.requests.max_payload_bytes, after_change=self._refresh_cache_gauges,
@@ -212,8 +238,26 @@ class Appliance:
     def _on_message(self, message: InboundMessage) -> None:
         if self._admin is not None and self.topics.is_admin(message.topic):
             self._admin.handle(message)
+        elif self._ha is not None and self._ha.handles(message.topic):
+            self._ha.handle(message)
         elif self._supervisor is not None:
             self._supervisor.handle(message)
+
+    def _clip_served(self, body: dict[str, Any]) -> None:
+        if self._ha is not None:
+            self._ha.clip_served(body)
+
+    @staticmethod
+    def _log_failure(future: Future[LocalReply]) -> None:
+        """Log a prompt from Home Assistant that was not served (nobody else would see it)."""
+        def done(f: Future[LocalReply]) -> None:
+            if f.exception() is None and not f.result().ok:
+                body = f.result().body
+                log.warning("prompt from Home Assistant not served", extra={
+                    "request_id": body.get("request_id"), "code": body.get("code"),
+                    "error": body.get("message")})
+
+        future.add_done_callback(done)
 
     def _refresh_cache_gauges(self) -> None:
         if self._cache is not None:
@@ -240,6 +284,8 @@ class Appliance:
                 self._notify_status(self._describe(ready, body))
             if self._mqtt is not None and self._mqtt.connected and self._stats.due():
                 self._publish_stats()
+            if self._ha is not None and self._mqtt is not None:
+                self._ha.tick(self._mqtt.connected)
         except Exception:
             log.exception("main loop chore failed")
 
@@ -295,6 +341,8 @@ class Appliance:
                                 "reasons": reasons,
                                 "workers": self._pool.states() if self._pool else [],
                                 "model_tiny": self.settings.models.uses_tiny,
+                                "homeassistant": self._ha.status() if self._ha else {"discovery": False},
+                                "wyoming": self._wyoming.status() if self._wyoming else {"enabled": False},
                                 "notes": self.notes()}
         return not reasons, body
 
@@ -317,6 +365,8 @@ class Appliance:
             answered_by = time.monotonic() + 2.0
             while supervisor.in_flight() and time.monotonic() < answered_by:
                 time.sleep(0.02)
+        if self._wyoming is not None:
+            self._wyoming.stop()
         if self._admin is not None:
             self._admin.close()
         if self._mqtt is not None:

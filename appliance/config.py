@@ -210,6 +210,41 @@ class StatsSettings(_Section):
     interval_s: float = Field(default=60.0, ge=0, description="retained <base>/<node>/stats; 0: off")
 
 
+class HomeAssistantSettings(_Section):
+    """MQTT discovery (docs/home-assistant.md): the node appears in Home Assistant as a device."""
+
+    discovery: bool = Field(default=True, description="false: remove the device from HA")
+    prefix: str = Field(default="homeassistant", description="HA's discovery prefix")
+    birth_topic: str = Field(default="homeassistant/status", description="HA's birth message")
+    device_name: str = Field(default="", description="empty: Audio generator <node>")
+
+    @field_validator("prefix", "birth_topic")
+    @classmethod
+    def _plain_topic(cls, value: str) -> str:
+        if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("must be a topic without '#', '+', NUL or a leading/trailing '/'")
+        return value
+
+
+class WyomingSettings(_Section):
+    """The Wyoming TTS server (docs/wyoming.md): off unless asked for."""
+
+    enabled: bool = False
+    # 10200 is Piper's by convention, so another port
+    uri: str = Field(default="tcp://127.0.0.1:10300", description="tcp://host:port or unix://path")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        host, _, port = rest.rpartition(":")
+        if scheme == "unix" and rest:
+            return value
+        if scheme != "tcp" or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be tcp://host:port (port 0: any free port) or unix://path")
+        return value
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -227,6 +262,8 @@ class Settings(_Section):
     workers: WorkerSettings = WorkerSettings()
     requests: RequestSettings = RequestSettings()
     stats: StatsSettings = StatsSettings()
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    wyoming: WyomingSettings = WyomingSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

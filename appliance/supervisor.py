@@ -98,8 +98,10 @@ class Supervisor:
         audio_base_url: str,
         semantic: SemanticCache | None = None,
         embed: PromptVectors | None = None,
+        on_served: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_served = on_served  # told of every clip served (the HA event entity)
         self._topics = Topics.from_settings(settings.node)
         self._cache = cache
         self._pool = pool
@@ -121,9 +123,13 @@ class Supervisor:
 
     # -- entry point ---------------------------------------------------------------------
 
-    def handle(self, message: InboundMessage) -> None:
-        """Answer one inbound request message. Never raises."""
-        source = "mqtt5" if message.response_topic else "mqtt"
+    def handle(self, message: InboundMessage, source: str | None = None) -> None:
+        """Answer one inbound request message. Never raises.
+
+        ``source`` labels the metrics of requests made inside the process (Home Assistant's
+        text entity, Wyoming); MQTT requests leave it out.
+        """
+        source = source or ("mqtt5" if message.response_topic else "mqtt")
         try:
             parsed = parse_request(message.payload, self._settings.requests.max_payload_bytes)
         except InvalidRequest as error:
@@ -377,6 +383,11 @@ class Supervisor:
             self._publisher.publish(Topics.audio(address.topic), audio,
                                     correlation_data=address.correlation_data)
         self._publisher.publish(address.topic, encode(body), correlation_data=address.correlation_data)
+        if self._on_served is not None:
+            try:
+                self._on_served(body)
+            except Exception:  # a listener's bug must not cost the next waiter its reply
+                log.exception("clip-served listener failed", extra={"request_id": request.request_id})
 
     def _reject(
         self, message: InboundMessage, error: ApplianceError, request_id: str | None,
