@@ -34,9 +34,10 @@ from appliance import (
     RemovalReport,
     Result,
     StatsReport,
+    Unavailable,
 )
 from appliance.admin import ARG_MODELS
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
+from appliance.testing import BrokerProcess, ServiceProcess, free_port, service_sections
 from tests.mqtt_helpers import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +129,8 @@ def test_a_rejected_request_raises_the_reply_error_with_its_code(live: Live) -> 
 def test_client_fails_fast_when_the_node_is_absent_or_offline(live: Live) -> None:
     with pytest.raises(NodeOffline, match="no status"):
         live.client(node="nobody-here")
+    with pytest.raises(Unavailable, match="cannot reach the broker"):
+        Client("127.0.0.1", free_port(), node=live.node)
     setter = RawClient(live.broker.host, live.broker.port, "audiogen/ghost-off/status")
     try:
         setter.client.publish("audiogen/ghost-off/status", b"offline", qos=1, retain=True).wait_for_publish(5)
@@ -209,7 +212,9 @@ def test_cache_results_are_what_the_cli_prints_as_json(live: Live) -> None:
          "--config", str(live.service.config_path)],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )
-    from_api = Cache(live.cache_dir).remove_pattern("purring")
+    cache = Cache.from_config(live.service.config_path)
+    assert cache.path == live.cache_dir
+    from_api = cache.remove_pattern("purring")
     assert json.loads(cli.stdout) == {"command": "remove-pattern", **from_api.to_dict()}
     assert from_api.removed_count == 1
 
