@@ -213,8 +213,8 @@ def test_wyoming_describe_answers_while_a_generation_runs(stack: Stack) -> None:
     progress = RawClient(stack.broker.host, stack.broker.port, stack.service.topics.progress("slow-1"))
     try:
         client.publish(stack.service.topics.request,
-                       json.dumps({"prompt": "thunder far away", "steps": 400, "request_id": "slow-1",
-                                   "force": True}), response_topic="test/slow/1")
+                       json.dumps({"prompt": "thunder far away", "steps": 100, "duration_s": 1.0,
+                                   "request_id": "slow-1", "force": True}), response_topic="test/slow/1")
         progress.next(120)  # the worker is generating
         started = time.perf_counter()
         (answer,) = asyncio.run(_exchange(stack.wyoming_port, Describe().event()))
