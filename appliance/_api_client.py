@@ -149,7 +149,7 @@ class _ClientBase:
             raise GenerationTimeout(f"no reply to {pending.request_id} within {timeout_s:.0f} s")
         if body.get("status") != "ok":
             code = str(body.get("code", "internal_error"))
-            error = _error_classes().get(code, ApplianceError)(f"{code}: {body.get('message', 'no message')}")
+            error = _error_classes().get(code, ApplianceError)(str(body.get("message", "no message")))
             error.code = code
             raise error
         return Result(
@@ -176,11 +176,7 @@ class Client(_ClientBase):
         timeout = self.timeout_s if timeout_s is None else timeout_s
         self._engine.check_online()
         pending = self._engine.submit(self._body(prompt, params), on_progress=on_progress)
-        try:
-            if not pending.done.wait(timeout) and pending.replied.is_set():
-                pending.done.wait(AUDIO_GRACE_S)
-        finally:
-            self._engine.forget(pending)
+        self._engine.wait(pending, timeout)
         return self._result(pending, timeout)
 
     def close(self) -> None:

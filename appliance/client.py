@@ -197,6 +197,15 @@ class RequestClient:
             if self._by_request_id.get(pending.request_id) is pending:
                 del self._by_request_id[pending.request_id]
 
+    def wait(self, pending: PendingRequest, timeout_s: float) -> None:
+        """Block until the request is done, its reply came without its audio for
+        :data:`AUDIO_GRACE_S`, or ``timeout_s`` passed with no reply; then forget it."""
+        try:
+            if not pending.done.wait(timeout_s) and pending.replied.is_set():
+                pending.done.wait(AUDIO_GRACE_S)
+        finally:
+            self.forget(pending)
+
     def request(self, body: dict[str, Any], *, timeout_s: float = 600.0,
                 want_audio: bool = False,
                 on_progress: ProgressCallback | None = None) -> Reply:
@@ -208,11 +217,7 @@ class RequestClient:
         if self._fail_when_offline:
             self.check_online()
         pending = self.submit(body, on_progress=on_progress)
-        try:
-            if not pending.done.wait(timeout_s) and pending.replied.is_set():
-                pending.done.wait(AUDIO_GRACE_S)
-        finally:
-            self.forget(pending)
+        self.wait(pending, timeout_s)
         if pending.error is not None:
             raise pending.error
         if pending.body is None:
