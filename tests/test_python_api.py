@@ -276,7 +276,7 @@ def test_documented_examples_type_check_and_run_against_a_real_service(live: Liv
     script = _examples(live, tmp_path)
     mypy = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--strict",
-         "--follow-imports=silent", "--cache-dir", str(ROOT / ".mypy_cache"), str(script)],
+         "--follow-imports=silent", "--cache-dir", str(ROOT / ".mypy_cache" / "docs-examples"), str(script)],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert mypy.returncode == 0, mypy.stdout + mypy.stderr
