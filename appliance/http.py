@@ -1,7 +1,13 @@
 """The HTTP port: ``/healthz``, ``/readyz``, ``/metrics`` and ``/audio/<key>``.
 
-A standard-library threading server: the endpoints are few and small, and the appliance
-should not carry a web framework for them. Binds to 127.0.0.1 unless configured otherwise.
+Served by waitress, a maintained pure-Python WSGI server, because media players and slow or
+hostile clients need what a hand-rolled server lacks: requests are read without a thread
+(a client that never finishes its request line holds no worker thread and is closed after
+``timeout_s`` of silence), a fixed number of threads run complete requests, and open
+connections are capped. werkzeug serves the files: streamed from disk, ``HEAD``, a single
+``Range`` (``206``, or ``416`` when it cannot be satisfied), ETag and Last-Modified. A
+request for several ranges gets the whole file (``200``), which RFC 9110 allows.
+Binds to 127.0.0.1 unless configured otherwise.
 """
 
 from __future__ import annotations
@@ -10,106 +16,142 @@ import hmac
 import json
 import logging
 import threading
-import urllib.parse
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+import waitress
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+from werkzeug.utils import send_file
+from werkzeug.wrappers import Request, Response
 
 from appliance.cache.keys import is_item_key
 from appliance.cache.store import CacheStore
-from appliance.errors import NotFound
+from appliance.errors import ConfigError, NotFound
 from appliance.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
+StartResponse = Callable[..., Any]
+
+_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 
 
 class HttpServer:
-    """Serves the HTTP endpoints on a background thread."""
+    """Serves the HTTP endpoints on a background thread.
+
+    ``timeout_s``: a connection silent this long (a slow or stalled client) is closed;
+    ``threads``: requests handled at once; ``max_connections``: open connections at once
+    (beyond it, new ones wait in the listen backlog).
+    """
 
     def __init__(
         self, host: str, port: int, *, cache: CacheStore, metrics: Metrics,
         health: HealthProbe, readiness: HealthProbe, audio_token: str = "",
+        timeout_s: int = 30, threads: int = 4, max_connections: int = 100,
     ) -> None:
-        handler = _make_handler(cache, metrics, health, readiness, audio_token=audio_token)
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+        app = _Endpoints(cache, metrics, health, readiness, audio_token)
+        try:
+            self._server = waitress.create_server(
+                app, host=host, port=port, threads=threads, channel_timeout=timeout_s,
+                cleanup_interval=max(1, min(timeout_s, 30)), connection_limit=max_connections,
+                max_request_header_size=32 * 1024, ident="audiogen", expose_tracebacks=False,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"http.host/http.port {host}:{port}: cannot listen there ({exc.strerror}); "
+                "another process may hold the port: stop it or set http.port to a free one"
+            ) from exc
+        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return int(self._server.effective_port)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Close every connection on the server's own loop thread, then stop its threads."""
+        server: Any = self._server
+        sockets = server._map  # waitress's socket map: the listener, the channels, the trigger
+
+        def close_all() -> None:
+            for dispatcher in list(sockets.values()):
+                dispatcher.close()
+
+        if self._thread.is_alive():
+            server.trigger.pull_trigger(close_all)
+            self._thread.join(timeout=10)
+        else:
+            close_all()
+        server.task_dispatcher.shutdown(timeout=5)
 
 
-def _make_handler(
-    cache: CacheStore, metrics: Metrics, health: HealthProbe, readiness: HealthProbe,
-    *, audio_token: str = "",
-) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "audiogen"
+@dataclass(frozen=True)
+class _Endpoints:
+    """The WSGI application: four read-only endpoints."""
 
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/healthz":
-                self._probe(health)
-            elif path == "/readyz":
-                self._probe(readiness)
-            elif path == "/metrics":
-                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif path.startswith("/audio/"):
-                self._audio(path[len("/audio/"):])
-            else:
-                self._json(404, {"error": "not_found", "path": path})
+    _cache: CacheStore
+    _metrics: Metrics
+    _health: HealthProbe
+    _readiness: HealthProbe
+    _audio_token: str
 
-        def _audio(self, name: str) -> None:
-            if audio_token and not self._audio_token_ok():
-                self._json(401, {"error": "unauthorized", "message": "audio needs the token"})
-                return
-            key = name.rsplit(".", 1)[0] if name.endswith(".wav") else name
-            if not is_item_key(key):
-                self._json(404, {"error": "not_found", "message": "not a cache key"})
-                return
-            try:
-                item = cache.get(key)
-                data = cache.read_audio(item)
-            except NotFound as exc:
-                self._json(404, {"error": "not_found", "message": exc.message})
-                return
-            self._send(200, data, "audio/wav")
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if "," in environ.get("HTTP_RANGE", ""):
+            del environ["HTTP_RANGE"]  # several ranges: the whole file instead (RFC 9110 14.2)
+        request = Request(environ)
+        try:
+            response = self._route(request)
+        except HTTPException as exc:  # 416 from the range handling
+            response = exc.get_response(environ)
+        return response(environ, start_response)
 
-        def _audio_token_ok(self) -> bool:
-            """``Authorization: Bearer <token>`` or ``?token=<token>`` (for players)."""
-            scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-            if scheme.lower() != "bearer":
-                query = urllib.parse.parse_qs(self.path.partition("?")[2])
-                given = (query.get("token") or [""])[0]
-            return hmac.compare_digest(given.strip().encode(), audio_token.encode())
+    def _route(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(status=405, headers={"Allow": "GET, HEAD"})
+        path = request.path
+        if path == "/healthz":
+            return _probe(self._health)
+        if path == "/readyz":
+            return _probe(self._readiness)
+        if path == "/metrics":
+            return Response(generate_latest(self._metrics.registry), content_type=CONTENT_TYPE_LATEST)
+        if path.startswith("/audio/"):
+            return self._audio(request, path[len("/audio/"):])
+        return _json(404, {"error": "not_found", "path": path})
 
-        def _probe(self, probe: HealthProbe) -> None:
-            ok, body = probe()
-            self._json(200 if ok else 503, body)
+    def _audio(self, request: Request, name: str) -> Response:
+        if self._audio_token and not self._token_ok(request):
+            return _json(401, {"error": "unauthorized", "message": "audio needs the token"})
+        key = name.rsplit(".", 1)[0] if name.endswith(".wav") else name
+        if not is_item_key(key):
+            return _json(404, {"error": "not_found", "message": "not a cache key"})
+        try:
+            item = self._cache.get(key)
+            path = self._cache.audio_path(item.key, item.audio_format)
+            return send_file(path, request.environ, mimetype=_MEDIA_TYPES.get(item.audio_format,
+                             "application/octet-stream"), conditional=True, max_age=86_400)
+        except NotFound as exc:
+            return _json(404, {"error": "not_found", "message": exc.message})
+        except FileNotFoundError:  # evicted between the lookup and the open
+            return _json(404, {"error": "not_found", "message": f"audio of cache item {key} is gone"})
 
-        def _json(self, status: int, body: dict[str, Any]) -> None:
-            self._send(status, json.dumps(body).encode(), "application/json")
+    def _token_ok(self, request: Request) -> bool:
+        """``Authorization: Bearer <token>`` or ``?token=<token>`` (for players)."""
+        scheme, _, given = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer":
+            given = request.args.get("token", "")
+        return hmac.compare_digest(given.strip().encode(), self._audio_token.encode())
 
-        def _send(self, status: int, data: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("http " + format % args)
+def _probe(probe: HealthProbe) -> Response:
+    ok, body = probe()
+    return _json(200 if ok else 503, body)
 
-    return Handler
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")

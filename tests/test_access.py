@@ -563,5 +563,8 @@ def test_audio_refuses_an_absolute_path_and_oversized_request_lines(
     for target in (b"/audio/" + secret, b"/audio/%2f" + secret[1:], b"/audio" + secret):
         status, body = _get(audio_http.port, target, bearer)
         assert status in (400, 404) and SECRET not in body, target
-    status, body = _get(audio_http.port, b"/audio/" + b"a" * 70_000, bearer)
-    assert status == 414 and SECRET not in body  # the request line itself is refused
+    try:  # the request line itself is refused: 414/431, or a reset while it is still sending
+        status, body = _get(audio_http.port, b"/audio/" + b"a" * 70_000, bearer)
+    except ConnectionResetError:
+        status, body = 431, b""
+    assert status in (414, 431) and SECRET not in body
