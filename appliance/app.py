@@ -40,6 +40,7 @@ from appliance.errors import ConfigError
 from appliance.ha_discovery import DeviceInfo, HaTopics
 from appliance.homeassistant import HomeAssistantBridge
 from appliance.http import HttpServer
+from appliance.intake import Intake, Shedder
 from appliance.local_requests import LocalReplies, LocalReply
 from appliance.metrics import Metrics
 from appliance.models.embedder import PromptEmbedder
@@ -85,6 +86,7 @@ class Appliance:
         self._mqtt: MqttAdapter | None = None
         self._http: HttpServer | None = None
         self._supervisor: Supervisor | None = None
+        self._intake: Intake | None = None
         self._admin: AdminTopicHandler | None = None
         self._ha: HomeAssistantBridge | None = None
         self._wyoming: WyomingServer | None = None
@@ -151,6 +153,8 @@ class Appliance:
             + (ha_topics.subscriptions() if s.homeassistant.discovery else []),
             on_message=self._on_message,
             metrics=self.metrics,
+            fleet_subscriptions=self.topics.fleet_subscriptions(),
+            max_payload_bytes=s.requests.max_payload_bytes,
         )
         # Home Assistant's prompts and Wyoming's requests take the same path as MQTT ones
         local = LocalReplies(self._mqtt, self.topics)
@@ -159,8 +163,14 @@ class Appliance:
         self._supervisor = Supervisor(
             s, cache=self._cache, pool=self._pool, publisher=local, metrics=self.metrics,
             model_name=model_name, audio_base_url=base_url, semantic=semantic, embed=embed,
-            on_served=self._clip_served,
+            on_served=self._clip_served, audio_budget=self._mqtt.audio_budget_allows,
         )
+        self._intake = Intake(self._supervisor.handle, Shedder(self._mqtt, self.topics, self.metrics),
+                              capacity=s.requests.intake_size, threads=s.requests.dispatch_threads)
+        self._intake.start()
+        self.metrics.intake_capacity.set(s.requests.intake_size)
+        self.metrics.intake_depth.set_function(self._intake.depth)
+        self.metrics.mqtt_outgoing_bytes.set_function(lambda: self._mqtt.outgoing_bytes if self._mqtt else 0)
         local.bind(self._supervisor.handle)
         self._ha = HomeAssistantBridge(
             s.homeassistant, ha_topics, self._mqtt, audio_base_url=base_url,
@@ -240,8 +250,8 @@ class Appliance:
             self._admin.handle(message)
         elif self._ha is not None and self._ha.handles(message.topic):
             self._ha.handle(message)
-        elif self._supervisor is not None:
-            self._supervisor.handle(message)
+        elif self._intake is not None:
+            self._intake.offer(message)  # the network thread only enqueues (appliance/intake.py)
 
     def _clip_served(self, body: dict[str, Any]) -> None:
         if self._ha is not None:
@@ -351,6 +361,8 @@ class Appliance:
         supervisor, pool = self._supervisor, self._pool
         in_flight = supervisor.in_flight() if supervisor is not None else 0
         self._notifier.stopping(f"draining: {in_flight} requests in flight")
+        if self._mqtt is not None:
+            self._mqtt.leave_fleet()  # the fleet's other nodes take its requests from now on
         if supervisor is not None:
             supervisor.stop_accepting()
         if pool is not None:
@@ -369,6 +381,8 @@ class Appliance:
             self._wyoming.stop()
         if self._admin is not None:
             self._admin.close()
+        if self._intake is not None:
+            self._intake.close()  # what is queued is answered (`unavailable` or a hit)
         if self._mqtt is not None:
             self._mqtt.stop()
         if self._http is not None:

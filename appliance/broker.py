@@ -30,6 +30,15 @@ def find_mosquitto() -> str:
     return found
 
 
+# Queue limits per client (docs/operations.md, "Broker"). mosquitto's defaults (1,000
+# messages, no byte cap) drop QoS 1 messages silently beyond the count, for the appliance's
+# requests and for a device's replies alike. The appliance takes requests in at wire speed
+# (its intake sheds with `busy`), so the count only has to cover a burst that a slow device
+# has not read yet; the byte cap bounds what audio for such a device may hold in the broker.
+MAX_QUEUED_MESSAGES = 100_000
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
+
+
 def broker_config(host: str, port: int, *, max_packet_bytes: int, extra: str = "") -> str:
     lines = [
         f"listener {port} {host}",
@@ -40,6 +49,8 @@ def broker_config(host: str, port: int, *, max_packet_bytes: int, extra: str = "
         "log_type error",
         "log_type warning",
         f"max_packet_size {max_packet_bytes}",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
     ]
     if os.geteuid() == 0:
         lines.append("user root")  # a private broker; don't drop to the mosquitto user

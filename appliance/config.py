@@ -109,6 +109,11 @@ class BrokerSettings(_Section):
     # the broker keeps the supervisor's subscriptions and queues its QoS 1 requests while it
     # is away (a reconnect, a restart) for this long; 0: a clean session on every connect
     session_expiry_s: int = Field(default=3600, ge=0, le=7 * 86400)
+    # MQTT 5 flow control (docs/performance.md): unacknowledged requests the broker may push
+    # to us; the intake acknowledges at wire speed and sheds with `busy`, so this is high
+    receive_maximum: int = Field(default=65535, ge=1, le=65535)
+    # audio published and not yet acknowledged by the broker; `deliver: mqtt` beyond it: busy
+    outgoing_audio_budget_bytes: int = Field(default=64 * 1024**2, ge=1024 * 1024)
 
 
 class HttpSettings(_Section):
@@ -201,9 +206,17 @@ class WorkerSettings(_Section):
 
 class RequestSettings(_Section):
     max_payload_bytes: int = Field(default=64 * 1024, ge=256)
-    # per client (reply address); 0 turns the limit off
+    # per client (reply address; one shared bucket for requests naming none); 0: off
     rate_limit_per_s: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=100, ge=1)
+    # every request together, beside the per-client limit; 0: off
+    global_rate_limit_per_s: float = Field(default=0.0, ge=0)
+    global_rate_limit_burst: int = Field(default=1000, ge=1)
+    # the intake (docs/performance.md): the network thread only enqueues; full: `busy` at once
+    intake_size: int = Field(default=4000, ge=1)
+    dispatch_threads: int = Field(default=4, ge=1, le=64)
+    # identical requests that may wait on one generation; more: `busy`
+    max_waiters_per_generation: int = Field(default=64, ge=1)
 
 
 class StatsSettings(_Section):

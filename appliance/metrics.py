@@ -130,6 +130,22 @@ class Metrics:
         self.mqtt_sent = Counter(
             "audiogen_mqtt_messages_sent_total", "MQTT messages published.", registry=r,
         )
+        self.intake_depth = Gauge(
+            "audiogen_intake_depth", "Requests received and waiting for a dispatch thread.",
+            registry=r,
+        )
+        self.intake_capacity = Gauge(
+            "audiogen_intake_capacity", "The configured intake bound (requests.intake_size).",
+            registry=r,
+        )
+        self.intake_shed = Counter(
+            "audiogen_intake_shed_total",
+            "Requests answered busy on arrival because the intake was full.", registry=r,
+        )
+        self.mqtt_outgoing_bytes = Gauge(
+            "audiogen_mqtt_outgoing_bytes",
+            "Bytes published and not yet acknowledged by the broker.", registry=r,
+        )
         self.mqtt_redeliveries = Counter(
             "audiogen_mqtt_redeliveries_dropped_total",
             "QoS 1 messages the broker sent again (DUP) after they had been handled.", registry=r,

@@ -2,8 +2,14 @@
 
 Every inbound message ends in exactly one reply (or one error reply), published to the
 address the request named: the MQTT 5 Response Topic (with its Correlation Data), else the
-``reply_to`` field, else ``<base>/<node>/reply/<request_id>``. Cache hits are answered on
-the network thread; generations are queued and answered from the pool's callback.
+``reply_to`` field, else ``<base>/<node>/reply/<request_id>``. Requests arrive from the
+intake's dispatch threads (appliance/intake.py), never on the MQTT network thread: exact hits
+are answered there, semantic lookups go to their own thread (so exact hits never wait behind
+embeddings), generations are queued and answered from the pool's callback.
+
+Admission, before any cache work: draining → ``unavailable``; the per-client and the global
+rate limit → ``busy``. Later: an audio reply that would go beyond the outgoing byte budget, and
+an identical request beyond ``requests.max_waiters_per_generation``, are answered ``busy``.
 """
 
 from __future__ import annotations
@@ -83,6 +89,19 @@ class _InFlight:
     vector: Vector | None = None
 
 
+def error_address(
+    topics: Topics, message: InboundMessage, request_id: str | None, reply_to: str | None,
+) -> ReplyAddress:
+    """Where an error about a request that could not be read in full goes (the best one can)."""
+    if message.response_topic and not topics.is_reserved(message.response_topic):
+        return ReplyAddress(message.response_topic, message.correlation_data)
+    if reply_to and not topics.is_reserved(reply_to):
+        return ReplyAddress(reply_to)
+    if request_id:
+        return ReplyAddress(topics.reply(request_id))
+    return ReplyAddress(topics.errors)
+
+
 class Supervisor:
     """Routes each request through the cache and the worker pool to its reply."""
 
@@ -99,6 +118,7 @@ class Supervisor:
         semantic: SemanticCache | None = None,
         embed: PromptVectors | None = None,
         on_served: Callable[[dict[str, Any]], None] | None = None,
+        audio_budget: Callable[[int], bool] | None = None,
     ) -> None:
         self._settings = settings
         self._on_served = on_served  # told of every clip served (the HA event entity)
@@ -119,7 +139,11 @@ class Supervisor:
         # thread so that exact hits never wait behind them; bounded like the generation queue
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookup")
         self._lookup_slots = threading.BoundedSemaphore(settings.cache.max_pending_lookups)
-        self._rate = RateLimiter(settings.requests.rate_limit_per_s, settings.requests.rate_limit_burst)
+        limits = settings.requests
+        self._rate = RateLimiter(limits.rate_limit_per_s, limits.rate_limit_burst)
+        self._global_rate = RateLimiter(limits.global_rate_limit_per_s, limits.global_rate_limit_burst)
+        # whether a clip of n bytes may still be published over MQTT (the outgoing byte budget)
+        self._audio_budget = audio_budget or (lambda size: True)
 
     # -- entry point ---------------------------------------------------------------------
 
@@ -145,10 +169,13 @@ class Supervisor:
         try:
             if not self._accepting:
                 raise Unavailable("the appliance is shutting down")
-            client = message.response_topic or parsed.reply_to
-            if client is not None and not self._rate.allow(client):
+            # a client is its reply address; requests that name none share one bucket
+            if not self._rate.allow(message.response_topic or parsed.reply_to or ""):
                 raise Busy(f"rate limit: at most {self._rate.rate_per_s:g} requests/s from one client "
                            f"(burst {self._rate.burst})")
+            if not self._global_rate.allow(""):
+                raise Busy(f"rate limit: at most {self._global_rate.rate_per_s:g} requests/s in all "
+                           f"(burst {self._global_rate.burst})")
             self._serve(request, address, message.received_at, source)
         except ApplianceError as error:
             self._reply_error(address, request.request_id, error, message.received_at, source)
@@ -245,6 +272,8 @@ class Supervisor:
         with self._lock:
             flight = self._inflight.get(flight_key)
             if flight is not None:
+                if len(flight.waiters) >= self._settings.requests.max_waiters_per_generation:
+                    raise Busy(f"{len(flight.waiters)} identical requests already wait for this sound")
                 flight.waiters.append(pending)
                 log.info("joined an identical generation in flight",
                          extra={"request_id": request.request_id})
@@ -362,6 +391,8 @@ class Supervisor:
             "age_s": round(time.time() - item.generation_timestamp, 3),
             "current_config": self._current_config(request),
         }
+        if request.deliver != "url" and not self._audio_budget(item.audio_bytes):
+            raise Busy("too much audio on its way over MQTT: ask again, or use deliver: url")
         audio = self._cache.read_audio(item) if request.deliver != "url" else b""
         self._deliver(PendingReply(request, address, received_at), body, audio, item.key)
         path = "hit" if match == "exact" else "semantic_hit"
@@ -379,6 +410,12 @@ class Supervisor:
         if deliver in ("url", "both") and stored:
             body["audio_url"] = f"{self._audio_base_url}/audio/{key}"
         if deliver in ("mqtt", "both"):
+            if not self._audio_budget(len(audio)):  # a generation's clip (hits check before reading)
+                busy = Busy("too much audio on its way over MQTT: ask again"
+                            + (" (the clip is cached now)" if stored else ""))
+                self._publisher.publish(address.topic, encode(error_reply(request.request_id, busy)),
+                                        correlation_data=address.correlation_data)
+                return
             body["audio_topic"] = Topics.audio(address.topic)
             self._publisher.publish(Topics.audio(address.topic), audio,
                                     correlation_data=address.correlation_data)
@@ -396,14 +433,7 @@ class Supervisor:
         self._metrics.malformed_requests.labels(code=error.code).inc()
         log.warning("invalid request", extra={"request_id": request_id, "code": error.code,
                                               "error": error.message, "topic": message.topic})
-        if message.response_topic and not self._topics.is_reserved(message.response_topic):
-            address = ReplyAddress(message.response_topic, message.correlation_data)
-        elif reply_to and not self._topics.is_reserved(reply_to):
-            address = ReplyAddress(reply_to)
-        elif request_id:
-            address = ReplyAddress(self._topics.reply(request_id))
-        else:
-            address = ReplyAddress(self._topics.errors)
+        address = error_address(self._topics, message, request_id, reply_to)
         self._reply_error(address, request_id, error, message.received_at, source)
 
     def _reply_error(

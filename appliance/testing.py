@@ -40,12 +40,19 @@ class BrokerProcess:
     conf: Path
 
     @classmethod
-    def start(cls, state_dir: Path, *, extra_config: str = "") -> BrokerProcess:
+    def start(cls, state_dir: Path, *, extra_config: str = "", stock: bool = False) -> BrokerProcess:
+        """``stock``: mosquitto at its default settings (queue limits included), as a site's own
+        broker often is, instead of the embedded broker's configuration."""
         port = free_port()
         state_dir.mkdir(parents=True, exist_ok=True)
         conf = state_dir / "mosquitto.conf"
-        conf.write_text(broker_config("127.0.0.1", port, max_packet_bytes=16 * 1024 * 1024,
-                                      extra=extra_config))
+        if stock:
+            root = "user root\n" if os.geteuid() == 0 else ""
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n{root}"
+                            + extra_config)
+        else:
+            conf.write_text(broker_config("127.0.0.1", port, max_packet_bytes=16 * 1024 * 1024,
+                                          extra=extra_config))
         return cls("127.0.0.1", port, _start_mosquitto(conf, port), conf)
 
     def settings(self, protocol: str = "5") -> BrokerSettings:

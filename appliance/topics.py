@@ -67,10 +67,12 @@ class Topics:
         return topic.startswith(f"{self.prefix}/admin/")
 
     def subscriptions(self) -> list[str]:
-        topics = [self.request, self.admin_commands]
-        if self.share_group:
-            topics.append(self.shared_request)
-        return topics
+        """The node's own topics (its persistent session); the fleet's are separate."""
+        return [self.request, self.admin_commands]
+
+    def fleet_subscriptions(self) -> list[str]:
+        """The fleet queue, on a clean session of its own (appliance/mqtt.py FleetSession)."""
+        return [self.shared_request] if self.share_group else []
 
     def is_reserved(self, topic: str) -> bool:
         """Topics a device may not name as its reply address (requests, status, admin)."""

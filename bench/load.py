@@ -32,18 +32,34 @@ CACHED = ["rain on a tin roof", "a dog barking in the distance", "wind through p
 PARAPHRASES = ["a dog barks far away", "rain falling on a metal roof", "bells of a church ringing"]
 
 
-def workload(client: int, count: int) -> list[dict[str, Any]]:
-    """Half exact hits, a fifth paraphrases, the rest new prompts (cheap generations)."""
+def workload(client: int, count: int, *, hits: int = 10, paraphrases: int = 4,
+             invalid: int = 0) -> list[dict[str, Any]]:
+    """Of every 20 requests: ``hits`` exact repeats of cached prompts, ``paraphrases`` of them,
+    ``invalid`` ones (an empty prompt), the rest new prompts (cheap generations)."""
     bodies: list[dict[str, Any]] = []
     for index in range(count):
-        kind = index % 10
-        if kind < 5:
+        kind = index % 20
+        if kind < hits:
             bodies.append({"prompt": CACHED[index % len(CACHED)], "duration_s": 1})
-        elif kind < 7:
+        elif kind < hits + paraphrases:
             bodies.append({"prompt": PARAPHRASES[index % len(PARAPHRASES)], "duration_s": 1})
+        elif kind < hits + paraphrases + invalid:
+            bodies.append({"prompt": "", "duration_s": 1})
         else:
             bodies.append({"prompt": f"new sound {client} {index}", "duration_s": 1, "steps": 2})
     return bodies
+
+
+def prefill(service: ServiceProcess, broker: BrokerProcess) -> None:
+    """Wait until the service is ready, then cache the prompts that the workload repeats."""
+    service.wait_ready()
+    client = RequestClient(broker.settings(), service.topics)
+    client.connect()
+    try:
+        for prompt in CACHED:
+            client.request({"prompt": prompt, "duration_s": 1}, timeout_s=120)
+    finally:
+        client.close()
 
 
 def main() -> int:
@@ -60,12 +76,7 @@ def main() -> int:
         broker = BrokerProcess.start(root / "broker")
         service = ServiceProcess.start(root, service_sections(root, broker, root / "models"))
         try:
-            service.wait_ready()
-            client = RequestClient(broker.settings(), service.topics)
-            client.connect()
-            for prompt in CACHED:
-                client.request({"prompt": prompt, "duration_s": 1}, timeout_s=120)
-            client.close()
+            prefill(service, broker)
             per_client = [workload(c, args.total // args.clients) for c in range(args.clients)]
             report = burst(broker.host, broker.port, service.topics.request, per_client,
                            window=args.window, timeout_s=600, settle_s=1.0)

@@ -7,9 +7,11 @@ that keeps the suite short.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from appliance.client import RequestClient
 from appliance.loadgen import burst
+from appliance.testing import BrokerProcess, ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 
 CACHED = ["rain on a tin roof", "a dog barking in the distance", "wind through pine trees"]
@@ -64,3 +66,34 @@ def test_identical_prompts_in_flight_are_generated_once(service: Service, broker
     assert (report.sent, report.lost, report.duplicated) == (8, 0, 0), report
     assert report.outcomes == {"generated": 8}, report.outcomes
     assert _generations(service) - before == 1, "eight identical requests must cost one generation"
+
+
+def test_an_unthrottled_burst_on_a_stock_broker_is_answered_exactly_once(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    """Devices keep no window; mosquitto at its defaults drops a subscriber's backlog beyond 1,000
+    messages. 1,600 requests at once: the intake must take them in as fast as they come."""
+    broker = BrokerProcess.start(tmp_path / "broker", stock=True)
+    service = ServiceProcess.start(tmp_path, service_sections(tmp_path, broker, models_dir))
+    try:
+        service.wait_ready()
+        _prefill(service, broker)
+        bodies: list[dict[str, object]] = []
+        for index in range(400):
+            kind = index % 20
+            if kind < 17:
+                bodies.append({"prompt": CACHED[index % len(CACHED)], "duration_s": 1})
+            elif kind < 19:
+                bodies.append({"prompt": "", "duration_s": 1})
+            else:  # one new sound: 80 identical requests wait on one generation (cap 64)
+                bodies.append({"prompt": "a brand new sound", "duration_s": 1, "steps": 1})
+        per_client = [bodies] * 4
+        report = burst(broker.host, broker.port, service.topics.request, per_client, window=10**6,
+                       timeout_s=240)
+    finally:
+        service.stop()
+        broker.stop()
+    assert (report.sent, report.lost, report.duplicated, report.unknown) == (1600, 0, 0, 0), report.outcomes
+    assert report.outcomes["exact"] + report.outcomes["busy"] >= 1360, report.outcomes
+    assert report.outcomes["invalid_request"] == 160, report.outcomes
+    assert 1 <= report.outcomes["generated"] <= 64, "identical requests beyond the cap get busy"
