@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
-from appliance.broker import EmbeddedBroker
+from appliance.broker import BrokerChoice, EmbeddedBroker, start_broker
 from appliance.cache.match import ReuseJudge, ReuseThresholds
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.semantic import ClapTextScorer, SemanticCache, Vector, ensure_embedder
@@ -40,6 +40,7 @@ from appliance.errors import ConfigError
 from appliance.ha_discovery import DeviceInfo, HaTopics
 from appliance.homeassistant import HomeAssistantBridge
 from appliance.http import HttpServer
+from appliance.instance import InstanceLock
 from appliance.intake import Intake, Shedder
 from appliance.local_requests import LocalReplies, LocalReply
 from appliance.metrics import Metrics
@@ -81,6 +82,8 @@ class Appliance:
         self._stop = threading.Event()
         self._started_at = time.time()
         self._broker: EmbeddedBroker | None = None
+        self._broker_choice: BrokerChoice | None = None
+        self._instance: InstanceLock | None = None
         self._cache: CacheStore | None = None
         self._pool: WorkerPool | None = None
         self._mqtt: MqttAdapter | None = None
@@ -124,12 +127,8 @@ class Appliance:
                 "for real audio.",
                 extra={"model_dir": str(s.models.tangoflux_dir())},
             )
-        if s.broker.embedded:
-            self._broker = EmbeddedBroker(
-                s.broker.host, s.broker.port, s.cache.dir.parent / "broker",
-                max_packet_bytes=s.broker.max_packet_bytes,
-            )
-            self._broker.start()
+        self._instance = InstanceLock.acquire(s.cache.dir.parent)
+        self._broker, self._broker_choice = start_broker(s.broker, s.cache.dir.parent / "broker")
         self._cache = CacheStore(s.cache.dir, map_size_bytes=s.cache.map_size_bytes)
         self._cache.sweep()
         self._refresh_cache_gauges()
@@ -192,7 +191,7 @@ class Appliance:
         self._mqtt.start()
         log.info("appliance started", extra={
             "request_topic": self.topics.request, "http": base_url,
-            "broker": f"{s.broker.host}:{s.broker.port}", "cache_items": self._cache.totals().items,
+            "broker": self._broker_choice.describe(), "cache_items": self._cache.totals().items,
         })
 
     def _semantic_cache(self) -> tuple[SemanticCache, PromptVectors]:
@@ -349,6 +348,7 @@ class Appliance:
             reasons.append("no worker ready")
         body: dict[str, Any] = {"status": "ready" if not reasons else "not_ready",
                                 "reasons": reasons,
+                                "broker": self._broker_choice.describe() if self._broker_choice else {},
                                 "workers": self._pool.states() if self._pool else [],
                                 "model_tiny": self.settings.models.uses_tiny,
                                 "homeassistant": self._ha.status() if self._ha else {"discovery": False},
@@ -391,6 +391,8 @@ class Appliance:
             self._cache.close()
         if self._broker is not None:
             self._broker.stop()
+        if self._instance is not None:
+            self._instance.release()
         self._notifier.status("stopped")
         self._notifier.close()
         log.info("stopped")

@@ -1,20 +1,31 @@
 """The embedded MQTT broker: a private mosquitto child process for the out-of-box default.
 
-In production the appliance connects to the device's own broker (``broker.embedded =
-false``); the embedded one exists so that ``make run`` answers prompts with nothing else
-set up. It listens on the configured loopback address only, with TCP_NODELAY on.
+``broker.embedded = "auto"`` (the default): a broker already answering MQTT on the configured
+loopback port is used (integrators often run mosquitto on 1883 already); only when none
+answers does the appliance start its own. ``true`` always starts ours, ``false`` never does
+(production: the device's own broker). Ours listens on the configured loopback address only,
+with TCP_NODELAY on, and never outlives the appliance: the kernel sends it SIGTERM when the
+appliance dies, even by ``kill -9`` (``PR_SET_PDEATHSIG``), so a crash cannot leave it holding
+the port.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import paho.mqtt.client as paho
+
+from appliance.config import BrokerSettings
 from appliance.errors import ConfigError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -79,7 +90,7 @@ class EmbeddedBroker:
         log_file = open(self._state_dir / "mosquitto.log", "ab")  # noqa: SIM115 - lives with the child
         self._process = subprocess.Popen(
             [find_mosquitto(), "-c", str(conf)], stdout=log_file, stderr=log_file,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with(os.getpid()),
         )
         log_file.close()
         deadline = time.monotonic() + timeout_s
@@ -93,6 +104,10 @@ class EmbeddedBroker:
             time.sleep(0.05)
         self.stop()
         raise Unavailable(f"embedded mosquitto did not open {self.host}:{self.port} in {timeout_s} s")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def stop(self) -> None:
         process = self._process
@@ -112,3 +127,84 @@ def port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when its parent dies, however it dies.
+
+    The kernel ties the signal to the *thread* that forked, so the broker is started from
+    the appliance's main thread. libc is loaded here, in the parent, so that the child only
+    makes the call between fork and exec. A parent that died before the call is caught by
+    the ``getppid`` check.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def child() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0 or os.getppid() != parent_pid:
+            os._exit(1)
+
+    return child
+
+
+@dataclass(frozen=True)
+class BrokerChoice:
+    """Which broker the appliance uses, for the log and ``appliance status``."""
+
+    mode: str  # "embedded" (ours), "existing" (found answering, auto), "external" (configured)
+    address: str
+    pid: int | None = None
+
+    def describe(self) -> dict[str, object]:
+        body: dict[str, object] = {"mode": self.mode, "address": self.address}
+        if self.pid is not None:
+            body["pid"] = self.pid
+        return body
+
+
+def start_broker(settings: BrokerSettings, state_dir: Path) -> tuple[EmbeddedBroker | None, BrokerChoice]:
+    """Start our broker when the settings ask for it, or use the one that answers (auto)."""
+    address = f"{settings.host}:{settings.port}"
+    embedded = settings.embedded
+    if embedded == "auto":
+        if settings.tls or not _loopback(settings.host):
+            embedded = False  # ours is plaintext on loopback only: this is someone else's broker
+        elif mqtt_answers(settings.host, settings.port):
+            log.info("using the MQTT broker already answering (broker.embedded = auto)",
+                     extra={"broker": address})
+            return None, BrokerChoice("existing", address)
+    if embedded is False:
+        return None, BrokerChoice("external", address)
+    broker = EmbeddedBroker(settings.host, settings.port, state_dir,
+                            max_packet_bytes=settings.max_packet_bytes)
+    broker.start()
+    return broker, BrokerChoice("embedded", address, broker.pid)
+
+
+def mqtt_answers(host: str, port: int, timeout_s: float = 3.0) -> bool:
+    """Whether an MQTT broker (not merely something) answers a CONNECT on ``host:port``.
+
+    A broker that refuses us (it wants an account) still answers with a CONNACK.
+    """
+    if not port_open(host, port):
+        return False
+    answered: list[bool] = []
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="", protocol=paho.MQTTv311)
+    client.on_connect = lambda *_: answered.append(True)
+    try:
+        client.connect(host, port, keepalive=10)
+        deadline = time.monotonic() + timeout_s
+        while not answered and time.monotonic() < deadline:
+            if client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS:
+                break
+    except OSError:
+        return False
+    finally:
+        client.disconnect()
+    return bool(answered)
+
+
+def _loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("localhost", "::1")

@@ -55,7 +55,8 @@ class NodeSettings(_Section):
 class BrokerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
-    embedded: bool = True
+    # "auto": use a broker already answering on host:port, else start ours (appliance/broker.py)
+    embedded: bool | Literal["auto"] = "auto"
     protocol: Literal["5", "3.1.1"] = "5"
     username: str = ""
     password: str = ""
@@ -87,9 +88,9 @@ class BrokerSettings(_Section):
 
     @field_validator("embedded")
     @classmethod
-    def _embedded_on_loopback(cls, value: bool, info: ValidationInfo) -> bool:
+    def _embedded_on_loopback(cls, value: bool | str, info: ValidationInfo) -> bool | str:
         host = str(info.data.get("host", "127.0.0.1"))
-        if value and not (host.startswith("127.") or host in ("localhost", "::1")):
+        if value is True and not (host.startswith("127.") or host in ("localhost", "::1")):
             raise ValueError(
                 f"the embedded broker is anonymous and plaintext, so it listens on loopback only, "
                 f"not {host!r}: for devices on the network run mosquitto with TLS, accounts and "
@@ -100,7 +101,7 @@ class BrokerSettings(_Section):
     @field_validator("tls")
     @classmethod
     def _no_tls_to_embedded(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("embedded", False):
+        if value and info.data.get("embedded") is True:
             raise ValueError(
                 "the embedded broker is plaintext on loopback only; TLS is for a separate "
                 "broker: set broker.embedded = false (and host/port of that broker) or tls = false"

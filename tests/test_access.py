@@ -441,7 +441,9 @@ def test_tls_settings_are_checked_at_start_and_name_the_key(tmp_path: Path, pki:
         with pytest.raises(ConfigError) as info:
             load_settings(path, environ={})
         assert key in info.value.message, info.value.message
-    assert "embedded broker is plaintext" in _error('[broker]\ntls = true\n', tmp_path)
+    assert "embedded broker is plaintext" in _error('[broker]\nembedded = true\ntls = true\n', tmp_path)
+    # with the default, embedded = "auto", TLS means someone else's broker: ours never starts
+    assert load_settings(None, environ={"APPLIANCE_BROKER__TLS": "true"}).broker.embedded == "auto"
     ok = load_settings(None, environ={"APPLIANCE_BROKER__EMBEDDED": "false",
                                       "APPLIANCE_BROKER__TLS": "true",
                                       "APPLIANCE_BROKER__CA_FILE": str(pki.ca)})
