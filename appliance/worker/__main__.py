@@ -240,10 +240,6 @@ def _send(out: BinaryIO, header: dict[str, Any]) -> None:
     write_frame(out, Frame(header))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _is_device_error(exc: BaseException) -> bool:
     """Out of GPU memory or a CUDA/accelerator runtime error (anything else keeps serving)."""
     import torch  # loaded already by the model
@@ -254,3 +250,8 @@ def _is_device_error(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(
         marker in text for marker in ("CUDA error", "CUDA out of memory", "CUBLAS_STATUS", "cuDNN error",
                                       "device-side assert", "illegal memory access"))
+
+
+# last: under `python -m`, everything above must be defined before main() runs
+if __name__ == "__main__":
+    sys.exit(main())
