@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed
 run: system-deps $(STAMP)
 	@echo "starting the appliance; in another terminal try:"
 	@echo "  $(BIN)/appliance request \"rain on a tin roof\" --duration 4 --out rain.wav"
-	APPLIANCE_LOGGING__FORMAT=$${APPLIANCE_LOGGING__FORMAT:-text} $(BIN)/appliance serve
+	APPLIANCE_LOGGING__FORMAT=$${APPLIANCE_LOGGING__FORMAT:-text} \
+	APPLIANCE_WORKERS__POOL=$${APPLIANCE_WORKERS__POOL:-'[{device="cpu",model="tangoflux"},{device="cpu",model="sa3"}]'} \
+	$(BIN)/appliance serve
 
 test: system-deps $(STAMP) test-tools
 	$(BIN)/ruff check appliance tests bench

@@ -45,7 +45,6 @@ from appliance.intake import Intake, Shedder
 from appliance.local_requests import LocalReplies, LocalReply
 from appliance.metrics import Metrics
 from appliance.models.embedder import PromptEmbedder
-from appliance.models.files import generator_identity
 from appliance.mqtt import InboundMessage, MqttAdapter
 from appliance.sdnotify import SystemdNotifier
 from appliance.stats import Periodic, WorkerCounts, stats_message
@@ -157,12 +156,14 @@ class Appliance:
         )
         # Home Assistant's prompts and Wyoming's requests take the same path as MQTT ones
         local = LocalReplies(self._mqtt, self.topics)
-        model_name = generator_identity(s.models.tangoflux_dir(), tiny=s.models.uses_tiny)
+        catalogue = self._pool.catalogue  # the models the workers serve; one is the default
+        model_name = catalogue.default
         semantic, embed = self._semantic_cache() if s.cache.semantic else (None, None)
         self._supervisor = Supervisor(
             s, cache=self._cache, pool=self._pool, publisher=local, metrics=self.metrics,
             model_name=model_name, audio_base_url=base_url, semantic=semantic, embed=embed,
             on_served=self._clip_served, audio_budget=self._mqtt.audio_budget_allows,
+            catalogue=catalogue,
         )
         self._intake = Intake(self._supervisor.handle, Shedder(self._mqtt, self.topics, self.metrics),
                               capacity=s.requests.intake_size, threads=s.requests.dispatch_threads)

@@ -60,6 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
     request.add_argument("--guidance", type=float, dest="guidance_scale")
     request.add_argument("--candidates", type=int)
     request.add_argument("--seed", type=int)
+    request.add_argument("--model", help="a generator the workers serve (appliance models check)")
     request.add_argument("--loop", action="store_true")
     request.add_argument("--force", action="store_true", help="bypass the cache")
     request.add_argument("--out", type=Path, help="write the audio to this file")
@@ -86,7 +87,7 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.client import RequestClient
 
     body: dict[str, Any] = {"prompt": args.prompt}
-    for name in ("duration_s", "steps", "guidance_scale", "candidates", "seed"):
+    for name in ("duration_s", "steps", "guidance_scale", "candidates", "seed", "model"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
     if args.loop:

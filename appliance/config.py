@@ -166,8 +166,23 @@ class ModelSettings(_Section):
     tangoflux: str = Field(default="", description="directory of real weights; empty: tiny model")
     clap: str = Field(default="", description="directory of real CLAP weights; empty: tiny CLAP")
     embedder: str = Field(default="", description="sentence-transformers dir; empty: MiniLM")
+    sa3: str = Field(default="", description="Stable Audio 3 snapshot dir; empty: tiny SA3")
+    # more generators a worker may name: key -> directory (TangoFlux or SA3, told by its files)
+    generators: dict[str, str] = Field(default_factory=dict)
+    # the model of a request that names none: a generator key or name; empty: the first worker's
+    default_model: str = ""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     latent_frames: Literal["needed", "reference"] = "needed"
+
+    @field_validator("generators")
+    @classmethod
+    def _extra_generators(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, directory in value.items():
+            if key in ("tangoflux", "sa3"):
+                raise ValueError(f"{key!r} is built in: set models.{key} instead")
+            if not directory:
+                raise ValueError(f"{key}: a directory is required")
+        return value
 
     def tangoflux_dir(self) -> Path:
         """The generator directory the workers load: real weights if configured, else tiny."""
@@ -186,8 +201,26 @@ class ModelSettings(_Section):
         return not self.clap
 
 
+class WorkerEntry(_Section):
+    """One worker: the device it owns and the generator it loads."""
+
+    device: str = "cpu"  # "cpu", a GPU index ("0") or "cuda:0"
+    model: str = "tangoflux"  # "tangoflux", "sa3" or a key of models.generators
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        index = value.removeprefix("cuda:")
+        if value != "cpu" and not index.isdigit():
+            raise ValueError(f"{value!r} is neither 'cpu' nor a GPU like '0' or 'cuda:0'")
+        return "cpu" if value == "cpu" else index
+
+
 class WorkerSettings(_Section):
     devices: list[str] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    # when set, replaces devices: e.g. [{device = "0", model = "tangoflux"},
+    # {device = "cpu", model = "sa3"}]
+    pool: list[WorkerEntry] = Field(default_factory=list)
     queue_size: int = Field(default=32, ge=1)
     generation_timeout_s: float = Field(default=300.0, gt=0)
     ready_timeout_s: float = Field(default=300.0, gt=0)
@@ -203,6 +236,10 @@ class WorkerSettings(_Section):
         if len(set(value)) != len(value):
             raise ValueError("each device may appear once")
         return value
+
+    def entries(self) -> list[WorkerEntry]:
+        """The workers to start: ``pool``, else one TangoFlux worker per entry of ``devices``."""
+        return list(self.pool) or [WorkerEntry(device=d, model="tangoflux") for d in self.devices]
 
 
 class RequestSettings(_Section):

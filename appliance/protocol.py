@@ -62,6 +62,7 @@ class RequestMessage(BaseModel):
     force: StrictBool = False
     deliver: Literal["url", "mqtt", "both"] = "url"
     format: Literal["wav"] = "wav"
+    model: StrictStr | None = None
     request_id: StrictStr | None = None
     reply_to: StrictStr | None = None
 
@@ -77,6 +78,7 @@ class GenerationParameters:
     guidance_scale: float
     candidates: int
     seed: int | None
+    model: str = ""  # the generator's name; "" until the supervisor resolves it
 
 
 @dataclass(frozen=True)

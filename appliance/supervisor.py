@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from appliance.audio import encode_wav
@@ -38,10 +38,12 @@ from appliance.errors import (
     WorkerFailed,
 )
 from appliance.metrics import Metrics
+from appliance.models.generator import FAMILY_DEFAULTS, ModelCatalogue
 from appliance.mqtt import InboundMessage
 from appliance.protocol import (
     FieldError,
     Request,
+    RequestMessage,
     encode,
     error_reply,
     parse_request,
@@ -119,6 +121,7 @@ class Supervisor:
         embed: PromptVectors | None = None,
         on_served: Callable[[dict[str, Any]], None] | None = None,
         audio_budget: Callable[[int], bool] | None = None,
+        catalogue: ModelCatalogue | None = None,
     ) -> None:
         self._settings = settings
         self._on_served = on_served  # told of every clip served (the HA event entity)
@@ -127,7 +130,9 @@ class Supervisor:
         self._pool = pool
         self._publisher = publisher
         self._metrics = metrics
-        self.model_name = model_name
+        self.model_name = model_name  # the default model
+        # the models the workers serve (a request's `model` picks one); default: only model_name
+        self._catalogue = catalogue or ModelCatalogue.single(model_name)
         self._audio_base_url = audio_base_url.rstrip("/")
         self._inflight: dict[str, _InFlight] = {}
         self._replying = 0  # waiters taken out of _inflight whose replies are being sent
@@ -161,7 +166,7 @@ class Supervisor:
             self._reject(message, error, request_id, reply_to, source)
             return
         try:
-            request = resolve_parameters(parsed, self._settings.generation)
+            request = self._resolve_request(parsed)
             address = self._reply_address(message, parsed.reply_to, request.request_id)
         except InvalidRequest as error:
             self._reject(message, error, parsed.request_id, parsed.reply_to, source)
@@ -198,9 +203,24 @@ class Supervisor:
 
     # -- the request path ----------------------------------------------------------------
 
+    def _resolve_request(self, parsed: RequestMessage) -> Request:
+        """Choose the model (unknown: invalid_request listing the choices), then fill the
+        defaults, a family's own first (SA3: 8 steps, no guidance) and the configured ones."""
+        model = self._catalogue.resolve(parsed.model)
+        if model is None:
+            raise FieldError("model", f"unknown model {parsed.model!r}; choose one of "
+                             f"{self._catalogue.choices()}")
+        limits = self._settings.generation
+        family = FAMILY_DEFAULTS[self._catalogue.families[model]]
+        if family.steps is not None and family.guidance_scale is not None:
+            limits = limits.model_copy(update={"default_steps": family.steps,
+                                               "default_guidance_scale": family.guidance_scale})
+        request = resolve_parameters(parsed, limits)
+        return replace(request, params=replace(request.params, model=model))
+
     def _serve(self, request: Request, address: ReplyAddress, received_at: float, source: str) -> None:
         params = request.params
-        key = exact_key(params.prompt, model=self.model_name, duration_s=params.duration_s,
+        key = exact_key(params.prompt, model=params.model, duration_s=params.duration_s,
                         loop=params.loop)
         if not request.force:
             item = self._cache.lookup_exact(key)
@@ -238,7 +258,7 @@ class Supervisor:
             vector = self._embed.vector(params.prompt)
             if not request.force:
                 compatibility = Compatibility(
-                    model=self.model_name, loop=params.loop, duration_s=params.duration_s,
+                    model=params.model, loop=params.loop, duration_s=params.duration_s,
                     duration_tolerance_s=self._settings.cache.duration_tolerance_s,
                 )
                 hit = self._semantic.find(params.prompt, vector, compatibility)
@@ -473,7 +493,7 @@ class Supervisor:
             key=new_item_key(),
             exact_key=key,
             prompt=params.prompt,
-            model=self.model_name,
+            model=params.model,
             duration_s=round(result.waveform.shape[-1] / result.sample_rate, 3),
             requested_duration_s=params.duration_s,
             is_loop=params.loop,
@@ -538,7 +558,7 @@ class Supervisor:
         """What a new generation of this request would use (reported with every hit)."""
         params = request.params
         return {
-            "model": self.model_name,
+            "model": params.model,
             "duration_s": params.duration_s,
             "steps": params.steps,
             "guidance_scale": params.guidance_scale,

@@ -14,11 +14,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from appliance.errors import ModelError
+from appliance.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from appliance.config import ModelSettings, Settings
 
 Family = Literal["tangoflux", "sa3"]
 FAMILIES: tuple[Family, ...] = ("tangoflux", "sa3")
@@ -142,3 +145,82 @@ def load_generator(
         f"{model_dir}: neither a TangoFlux directory (config.json, tangoflux.safetensors) nor a "
         f"Stable Audio 3 snapshot (model_index.json naming {SA3_PIPELINE_CLASS})"
     )
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """A generator the configuration offers: its config key, its name, where it lives."""
+
+    key: str  # "tangoflux", "sa3" or a key of models.generators
+    name: str  # what requests put in ``model``, and what cache keys and metadata carry
+    family: Family
+    model_dir: Path
+    tiny: bool  # the built-in random-weight build (made on first start when missing)
+
+
+def generator_specs(models: ModelSettings) -> dict[str, GeneratorSpec]:
+    """Every configured generator by key, named without loading a weight.
+
+    The name comes from the directory (a tiny build names itself ``tiny-…``), so that a cache
+    filled by tiny noise is never served once real weights are configured under the same key.
+    """
+    from appliance.models.files import generator_identity
+
+    specs: dict[str, GeneratorSpec] = {}
+    tf_dir = models.tangoflux_dir()
+    specs["tangoflux"] = GeneratorSpec("tangoflux", generator_identity(tf_dir, tiny=models.uses_tiny),
+                                       "tangoflux", tf_dir, models.uses_tiny)
+    sa3_dir = Path(models.sa3) if models.sa3 else models.dir / TINY_NAMES["sa3"]
+    specs["sa3"] = GeneratorSpec("sa3", sa3_identity(sa3_dir) if models.sa3 else TINY_NAMES["sa3"],
+                                 "sa3", sa3_dir, not models.sa3)
+    for key, directory in models.generators.items():
+        path = Path(directory)
+        family = detect_family(path) or ("sa3" if key.startswith("sa3") else "tangoflux")
+        name = sa3_identity(path) if family == "sa3" else generator_identity(path, tiny=False)
+        specs[key] = GeneratorSpec(key, name, family, path, False)
+    return specs
+
+
+@dataclass(frozen=True)
+class ModelCatalogue:
+    """The generators the workers serve, how a request may name them, and the default."""
+
+    families: dict[str, Family]  # name -> family
+    aliases: dict[str, str]  # config key -> name
+    default: str
+
+    @classmethod
+    def single(cls, name: str, family: Family = "tangoflux") -> ModelCatalogue:
+        return cls({name: family}, {}, name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelCatalogue:
+        """The models of the configured workers; raises ConfigError for an unknown one."""
+        specs = generator_specs(settings.models)
+        served: dict[str, GeneratorSpec] = {}
+        for index, entry in enumerate(settings.workers.entries()):
+            if entry.model not in specs:
+                raise ConfigError(f"workers.pool[{index}].model: unknown model {entry.model!r}; "
+                                  f"configured: {sorted(specs)}")
+            served.setdefault(entry.model, specs[entry.model])
+        catalogue = cls({s.name: s.family for s in served.values()},
+                        {key: s.name for key, s in served.items()}, next(iter(served.values())).name)
+        wanted = settings.models.default_model
+        if wanted:
+            default = catalogue.resolve(wanted)
+            if default is None:
+                raise ConfigError(f"models.default_model: {wanted!r} is served by no worker; "
+                                  f"choose one of {catalogue.choices()}")
+            catalogue = cls(catalogue.families, catalogue.aliases, default)
+        return catalogue
+
+    def resolve(self, requested: str | None) -> str | None:
+        """The name a request means (a name, or a config key), the default for None."""
+        if requested is None:
+            return self.default
+        if requested in self.families:
+            return requested
+        return self.aliases.get(requested)
+
+    def choices(self) -> list[str]:
+        return sorted({*self.families, *self.aliases})

@@ -61,6 +61,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latent-frames", default="needed", choices=["needed", "reference"])
     parser.add_argument("--loop-crossfade-s", type=float, default=0.25)
     parser.add_argument("--build-tiny-if-missing", action="store_true")
+    # which tiny model to build when missing; a real directory tells its family by its files
+    parser.add_argument("--family", default="tangoflux", choices=["tangoflux", "sa3"])
     parser.add_argument("--clap-dir", type=Path, required=True)
     parser.add_argument("--build-tiny-clap-if-missing", action="store_true")
     parser.add_argument("--log-level", default="INFO")
@@ -69,16 +71,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _load_generator(args: argparse.Namespace) -> Any:
-    from appliance.models.tangoflux import TangoFluxGenerator
+    from appliance.models.generator import load_generator
 
-    if args.build_tiny_if_missing and not (args.model_dir / "config.json").is_file():
-        from appliance.models.tiny import build_tiny_tangoflux
+    index_file = "model_index.json" if args.family == "sa3" else "config.json"
+    if args.build_tiny_if_missing and not (args.model_dir / index_file).is_file():
+        if args.family == "sa3":
+            from appliance.models.tiny_sa3 import build_tiny_sa3 as build
+        else:
+            from appliance.models.tiny import build_tiny_tangoflux as build
 
-        log.warning("no generator weights at %s: building the TINY random-weight model",
-                    args.model_dir)
-        _build_tiny_atomically(args.model_dir, build_tiny_tangoflux)
+        log.warning("no generator weights at %s: building the TINY random-weight %s model",
+                    args.model_dir, args.family)
+        _build_tiny_atomically(args.model_dir, build, index_file)
     started = time.perf_counter()
-    generator = TangoFluxGenerator.from_dir(
+    generator = load_generator(
         args.model_dir, device=args.device, dtype=args.dtype, latent_frames=args.latent_frames
     )
     args.load_s = time.perf_counter() - started
@@ -106,7 +112,8 @@ def _load_scorer(args: argparse.Namespace) -> Any:
     return scorer
 
 
-def _build_tiny_atomically(target: Path, build: Callable[[Path], Path]) -> None:
+def _build_tiny_atomically(target: Path, build: Callable[[Path], Path],
+                           index_file: str = "config.json") -> None:
     """Build a tiny model beside its final place and rename it in (workers may race)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
@@ -115,7 +122,7 @@ def _build_tiny_atomically(target: Path, build: Callable[[Path], Path]) -> None:
         staging.rename(target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)  # another worker won the race
-        if not (target / "config.json").is_file():
+        if not (target / index_file).is_file():
             raise
 
 

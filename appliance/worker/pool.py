@@ -7,6 +7,7 @@ once (``busy``); a failed worker fails only its own job and is restarted with ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -27,7 +28,8 @@ from appliance.errors import (
     WorkerFailed,
 )
 from appliance.metrics import Metrics
-from appliance.protocol import GenerationParameters
+from appliance.models.generator import ModelCatalogue, generator_specs
+from appliance.protocol import FieldError, GenerationParameters
 from appliance.worker.client import GenerationResult, ProgressCallback, WorkerProcess, WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -64,12 +66,14 @@ class WorkerState:
         return dict(vars(self))
 
 
-def worker_command(settings: Settings, gpu: str, name: str) -> list[str]:
-    """The command line of one worker subprocess."""
+def worker_command(settings: Settings, gpu: str, name: str, model: str = "tangoflux") -> list[str]:
+    """The command line of one worker subprocess; ``model`` is a generator key."""
     models = settings.models
+    spec = generator_specs(models)[model]
     command = [
         sys.executable, "-m", "appliance.worker",
-        "--model-dir", str(models.tangoflux_dir()),
+        "--model-dir", str(spec.model_dir),
+        "--family", spec.family,
         "--clap-dir", str(models.clap_dir()),
         "--name", name,
         "--device", "cpu" if gpu == "cpu" else "cuda",
@@ -79,7 +83,7 @@ def worker_command(settings: Settings, gpu: str, name: str) -> list[str]:
         "--log-level", settings.logging.level,
         "--log-format", settings.logging.format,
     ]
-    if models.uses_tiny:
+    if spec.tiny:
         command.append("--build-tiny-if-missing")
     if models.uses_tiny_clap:
         command.append("--build-tiny-clap-if-missing")
@@ -87,36 +91,51 @@ def worker_command(settings: Settings, gpu: str, name: str) -> list[str]:
 
 
 class WorkerPool:
-    """Owns the workers, the job queue and the dispatch threads."""
+    """Owns the workers, one job queue per model, and the dispatch threads.
+
+    A worker serves one model, so each model has its own queue that only its workers take
+    from: a request for SA3 never waits behind TangoFlux jobs on a GPU worker.
+    """
 
     def __init__(
         self,
         settings: Settings,
         metrics: Metrics,
-        command_factory: Callable[[Settings, str, str], list[str]] = worker_command,
+        command_factory: Callable[[Settings, str, str, str], list[str]] = worker_command,
     ) -> None:
         self._settings = settings.workers
         self._metrics = metrics
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=self._settings.queue_size)
+        self._catalogue = ModelCatalogue.from_settings(settings)
+        self._queues: dict[str, queue.Queue[Job | None]] = {
+            name: queue.Queue(maxsize=self._settings.queue_size) for name in self._catalogue.families}
         self._stop = threading.Event()
         self._accepting = True
         self._submit_lock = threading.Lock()
         self._workers: list[WorkerProcess] = []
         self._states: list[WorkerState] = []
         self._threads: list[threading.Thread] = []
-        for index, gpu in enumerate(self._settings.devices):
+        self._models: list[str] = []  # the model name of each worker
+        for index, entry in enumerate(self._settings.entries()):
+            gpu = entry.device
             name = gpu if gpu != "cpu" else f"cpu{index}" if index else "cpu"
-            spec = WorkerSpec(name=name, gpu=gpu, command=command_factory(settings, gpu, name))
-            self._workers.append(WorkerProcess(spec))
+            if any(state.name == name for state in self._states):
+                name = f"{name}-{index}"
+            command = command_factory(settings, gpu, name, entry.model)
+            self._workers.append(WorkerProcess(WorkerSpec(name=name, gpu=gpu, command=command)))
             self._states.append(WorkerState(name=name, gpu=gpu))
+            self._models.append(self._catalogue.aliases[entry.model])
             metrics.worker_up.labels(worker=name, device=gpu).set(0)  # series exist while loading
             metrics.worker_ready.labels(worker=name, device=gpu).set(0)
-        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.queue_depth.set_function(self.queue_depth)
+
+    @property
+    def catalogue(self) -> ModelCatalogue:
+        return self._catalogue
 
     def start(self) -> None:
-        for worker, state in zip(self._workers, self._states, strict=True):
+        for worker, state, model in zip(self._workers, self._states, self._models, strict=True):
             thread = threading.Thread(
-                target=self._dispatch, args=(worker, state),
+                target=self._dispatch, args=(worker, state, self._queues[model]),
                 name=f"dispatch-{state.name}", daemon=True,
             )
             thread.start()
@@ -126,15 +145,21 @@ class WorkerPool:
         self, request_id: str, params: GenerationParameters,
         on_progress: ProgressCallback | None = None,
     ) -> Future[GenerationResult]:
-        """Queue a job; raises Busy when the queue is full, Unavailable when draining."""
-        if all(state.state == "failed" for state in self._states):
-            raise Unavailable("no worker could load the model: " + self._states[0].last_error)
+        """Queue a job for its model's workers; raises Busy when that queue is full,
+        Unavailable when draining or when every worker of the model failed to load it."""
+        model = self._catalogue.resolve(params.model or None)
+        if model is None:
+            raise FieldError("model", f"unknown model {params.model!r}; choose one of "
+                             f"{self._catalogue.choices()}")
+        states = [s for s, m in zip(self._states, self._models, strict=True) if m == model]
+        if all(state.state == "failed" for state in states):
+            raise Unavailable(f"no worker could load {model}: " + states[0].last_error)
         job = Job(request_id, params, on_progress)
         with self._submit_lock:  # stop() cannot slip between the check and the put
             if not self._accepting:
                 raise Unavailable("the appliance is shutting down")
             try:
-                self._queue.put_nowait(job)
+                self._queues[model].put_nowait(job)
             except queue.Full:
                 raise Busy(f"generation queue is full ({self._settings.queue_size} waiting)") from None
         return job.future
@@ -155,7 +180,7 @@ class WorkerPool:
         return [state.as_dict() for state in self._states]
 
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return sum(jobs.qsize() for jobs in self._queues.values())
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -166,11 +191,9 @@ class WorkerPool:
             self._accepting = False
         self._stop.set()
         self._fail_queued(Unavailable("the appliance is shutting down"))
-        for _ in self._threads:
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                break
+        for model in self._models:
+            with contextlib.suppress(queue.Full):
+                self._queues[model].put_nowait(None)
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
@@ -180,7 +203,7 @@ class WorkerPool:
             thread.join(5.0)
         self._fail_queued(Unavailable("the appliance is shutting down"))
 
-    def _dispatch(self, worker: WorkerProcess, state: WorkerState) -> None:
+    def _dispatch(self, worker: WorkerProcess, state: WorkerState, jobs: queue.Queue[Job | None]) -> None:
         backoff = self._settings.restart_backoff_initial_s
         labels = {"worker": state.name, "device": state.gpu}
         while not self._stop.is_set():
@@ -190,7 +213,7 @@ class WorkerPool:
                 backoff = min(max(backoff * 2, 0.1), self._settings.restart_backoff_max_s)
                 continue
             try:
-                job = self._queue.get(timeout=0.5)
+                job = jobs.get(timeout=0.5)
             except queue.Empty:
                 continue
             if job is None:
@@ -209,8 +232,11 @@ class WorkerPool:
             state.state = "failed" if isinstance(exc, ModelError) else "restarting"
             log.error("worker failed to start", extra={"worker": state.name, "error": exc.message})
             self._metrics.worker_up.labels(**labels).set(0)
-            if self.ready_count() == 0:  # nobody can serve what waits: answer it, don't let it rot
-                self._fail_queued(Unavailable(f"no worker is ready: {exc.message}"))
+            model = self._models[self._states.index(state)]
+            peers = [s for s, m in zip(self._states, self._models, strict=True) if m == model]
+            if not any(s.state in ("ready", "busy") for s in peers):
+                # nobody can serve what waits for this model: answer it, don't let it rot
+                self._fail_queued(Unavailable(f"no worker of {model} is ready: {exc.message}"), model)
             return False
         state.state, state.pid, state.model, state.load_s = "ready", worker.pid, worker.model, worker.load_s
         state.scorer, state.scorer_random = worker.scorer, worker.scorer_random
@@ -268,11 +294,15 @@ class WorkerPool:
         state.state = "ready"
         return True
 
-    def _fail_queued(self, error: ApplianceError) -> None:
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(error)
+    def _fail_queued(self, error: ApplianceError, model: str | None = None) -> None:
+        """Answer the queued jobs (of one model, or of all) with ``error``."""
+        for name, jobs in self._queues.items():
+            if model is not None and name != model:
+                continue
+            while True:
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None and job.future.set_running_or_notify_cancel():
+                    job.future.set_exception(error)
