@@ -3,9 +3,10 @@
 - ``check``: for the generator, the scorer and the embedder the service would use, whether
   the files are there and load, their sizes, sha256 of the weight files (``--hash``), and
   whether it is a tiny random-weight build. Exit 1 when a model the service needs is unusable.
-- ``fetch``: download TangoFlux and CLAP with huggingface_hub (needs internet;
+- ``fetch``: download TangoFlux and CLAP, and with ``--sa3 VARIANT`` Stable Audio 3 (gated:
+  the licence is accepted on the hub first), with huggingface_hub (needs internet;
   docs/models.md). Exit 1 with ``model_download_failed`` when offline.
-- ``build-tiny``: write the tiny random-weight TangoFlux and CLAP used by tests and the demo.
+- ``build-tiny``: write the tiny random-weight TangoFlux, SA3 and CLAP used by tests and the demo.
 
 Output: a rich table on a terminal, ``key: value`` lines when piped, JSON with ``--json``.
 """
@@ -42,12 +43,20 @@ def add_models_commands(subparsers: Any, common_parent: argparse.ArgumentParser)
     fetch.add_argument("--clap", default="laion/clap-htsat-unfused",
                        help="CLAP repository, e.g. laion/larger_clap_general")
     fetch.add_argument("--revision", help="TangoFlux revision (branch, tag or commit)")
+    fetch.add_argument("--sa3", action="append", default=[], metavar="VARIANT",
+                       choices=["small-sfx", "small-music", "medium"],
+                       help="also fetch stabilityai/stable-audio-3-VARIANT (gated: accept the "
+                            "Stability AI Community Licence on the hub first); repeatable")
+    fetch.add_argument("--no-tangoflux", action="store_true",
+                       help="skip TangoFlux (non-commercial research licence), e.g. with --sa3")
     fetch.set_defaults(handler=_fetch)
 
     tiny = commands.add_parser("build-tiny", parents=parents,
-                               help="write the tiny random-weight TangoFlux and CLAP")
+                               help="write the tiny random-weight TangoFlux, SA3 and CLAP")
     tiny.add_argument("--out", type=Path,
                       help="TangoFlux directory (default: <models.dir>/tiny-tangoflux)")
+    tiny.add_argument("--sa3-out", type=Path,
+                      help="Stable Audio 3 directory (default: <models.dir>/tiny-sa3)")
     tiny.add_argument("--clap-out", type=Path,
                       help="CLAP directory (default: <models.dir>/tiny-clap)")
     tiny.set_defaults(handler=_build_tiny)
@@ -88,31 +97,47 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _fetch(settings: Settings, args: argparse.Namespace) -> int:
-    from appliance.models.fetch import fetch_models
+    from appliance.models.fetch import SA3_REPOS, fetch_models, fetch_sa3
 
     target = args.dir or settings.models.dir
-    result = fetch_models(target, clap_repo=args.clap, revision=args.revision)
+    body: dict[str, Any] = {"config": []}
+    if not args.no_tangoflux:
+        result = fetch_models(target, clap_repo=args.clap, revision=args.revision)
+        body.update(tangoflux=str(result.tangoflux_dir), clap=str(result.clap_dir),
+                    config=result.config_lines())
+    for index, variant in enumerate(args.sa3):
+        path = fetch_sa3(target, variant)
+        body.setdefault("sa3", {})[SA3_REPOS[variant]] = str(path)
+        key = "sa3" if index == 0 else f"generators.sa3-{variant}"
+        body["config"].append(f'{key} = "{path}"')
     if args.json:
-        print(json.dumps({"tangoflux": str(result.tangoflux_dir), "clap": str(result.clap_dir),
-                          "config": result.config_lines()}, indent=2))
-    else:
-        print(f"TangoFlux: {result.tangoflux_dir}\nCLAP:      {result.clap_dir}")
-        print("To use them, set in [models] of the config file:")
-        for line in result.config_lines():
-            print(f"  {line}")
+        print(json.dumps(body, indent=2))
+        return 0
+    for label in ("tangoflux", "clap"):
+        if label in body:
+            print(f"{label}: {body[label]}")
+    for repo, path in body.get("sa3", {}).items():
+        print(f"{repo}: {path}")
+    print("To use them, set in [models] of the config file:")
+    for line in body["config"]:
+        print(f"  {line}")
     return 0
 
 
 def _build_tiny(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.models.tiny import build_tiny_tangoflux
     from appliance.models.tiny_clap import build_tiny_clap
+    from appliance.models.tiny_sa3 import build_tiny_sa3
 
     generator = build_tiny_tangoflux(args.out or settings.models.dir / "tiny-tangoflux")
+    sa3 = build_tiny_sa3(args.sa3_out or settings.models.dir / "tiny-sa3")
     scorer = build_tiny_clap(args.clap_out or settings.models.dir / "tiny-clap")
     if args.json:
-        print(json.dumps({"path": str(generator), "tangoflux": str(generator), "clap": str(scorer)}))
+        print(json.dumps({"path": str(generator), "tangoflux": str(generator), "sa3": str(sa3),
+                          "clap": str(scorer)}))
     else:
-        print(f"tiny TangoFlux written to {generator}\ntiny CLAP written to {scorer}")
+        print(f"tiny TangoFlux written to {generator}\ntiny SA3 written to {sa3}\n"
+              f"tiny CLAP written to {scorer}")
     return 0
 
 

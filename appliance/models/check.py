@@ -17,7 +17,7 @@ from typing import Any
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
-from appliance.models.files import generator_identity
+from appliance.models.generator import SA3_FILES, GeneratorSpec, generator_specs
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _HASH_CHUNK = 8 * 1024 * 1024
@@ -46,7 +46,7 @@ class ModelReport:
     """One model as ``models check`` sees it."""
 
     role: str  # generator | scorer | embedder
-    name: str
+    name: str  # for a generator: what a request puts in `model`
     path: str
     tiny: bool  # the built-in tiny default (empty config key), built on first start
     present: bool
@@ -58,6 +58,8 @@ class ModelReport:
     missing: list[str] = field(default_factory=list)
     files: list[FileReport] = field(default_factory=list)
     total_bytes: int = 0
+    family: str = ""  # generators: tangoflux | sa3
+    key: str = ""  # generators: the config key workers name (tangoflux, sa3, ...)
 
     @property
     def ok(self) -> bool:
@@ -134,9 +136,9 @@ def _random_weights(role: str, name: str, model_dir: Path) -> bool | None:
     """True for our random-weight builds (tiny or full-size), from the names they write."""
     from appliance.models.files import read_json_object
 
-    if role == "generator":
-        return name in ("tiny-tangoflux", "random-full-tangoflux")
-    if role == "scorer":
+    if role == "generator" and name in ("tiny-tangoflux", "random-full-tangoflux"):
+        return True
+    if role in ("generator", "scorer"):
         try:
             marker = read_json_object(model_dir / "appliance.json")
         except ApplianceError:
@@ -146,9 +148,9 @@ def _random_weights(role: str, name: str, model_dir: Path) -> bool | None:
 
 
 def _load_generator(model_dir: Path) -> object:
-    from appliance.models.tangoflux import TangoFluxGenerator
+    from appliance.models.generator import load_generator
 
-    return TangoFluxGenerator.from_dir(model_dir)
+    return load_generator(model_dir)
 
 
 def _load_scorer(model_dir: Path) -> object:
@@ -182,13 +184,12 @@ def check_models(settings: Settings, *, load: bool = True, hash_weights: bool = 
     from appliance.models.embedder import default_embedder_dir
 
     models = settings.models
-    generator_dir = models.tangoflux_dir()
     clap_dir = models.clap_dir()
     embedder_dir = Path(models.embedder) if models.embedder else default_embedder_dir()
+    generators = [_inspect_generator(spec, hash_weights=hash_weights, load=load)
+                  for spec in _generators_in_use(settings)]
     reports = [
-        inspect_dir("generator", generator_identity(generator_dir, tiny=models.uses_tiny),
-                    generator_dir, GENERATOR_FILES, tiny=models.uses_tiny,
-                    hash_weights=hash_weights, load=_load_generator if load else None),
+        generators[0],
         inspect_dir("scorer", _scorer_name(clap_dir, tiny=models.uses_tiny_clap), clap_dir,
                     SCORER_FILES, tiny=models.uses_tiny_clap, hash_weights=hash_weights,
                     load=_load_scorer if load else None),
@@ -196,9 +197,26 @@ def check_models(settings: Settings, *, load: bool = True, hash_weights: bool = 
                     embedder_dir, EMBEDDER_FILES, tiny=False, hash_weights=hash_weights,
                     load=_load_embedder if load else None),
     ]
-    if models.uses_tiny:
-        reports[0].note = reports[0].note or "TINY random-weight generator: noise, for demos and tests"
     if models.uses_tiny_clap:
         reports[1].note = reports[1].note or (
             "TINY random-weight scorer: scores mean nothing; the quality gate is off in 'auto'")
-    return reports
+    return reports + generators[1:]  # the first three keep their places: generator, scorer, embedder
+
+
+def _generators_in_use(settings: Settings) -> list[GeneratorSpec]:
+    """The workers' generators, then any other configured directory, each once."""
+    specs = generator_specs(settings.models)
+    keys = [entry.model for entry in settings.workers.entries()]
+    keys += [key for key in specs
+             if key in settings.models.generators or (key == "sa3" and settings.models.sa3)]
+    return [specs[key] for key in dict.fromkeys(keys) if key in specs]
+
+
+def _inspect_generator(spec: GeneratorSpec, *, hash_weights: bool, load: bool) -> ModelReport:
+    required = SA3_FILES if spec.family == "sa3" else GENERATOR_FILES
+    report = inspect_dir("generator", spec.name, spec.model_dir, required, tiny=spec.tiny,
+                         hash_weights=hash_weights, load=_load_generator if load else None)
+    report.family, report.key = spec.family, spec.key
+    if spec.tiny:
+        report.note = report.note or "TINY random-weight generator: noise, for demos and tests"
+    return report

@@ -1,4 +1,4 @@
-"""``appliance models fetch``: download the real TangoFlux and CLAP into the models directory.
+"""``appliance models fetch``: download the real TangoFlux, SA3 and CLAP into the models directory.
 
 The only place the appliance talks to the Hugging Face Hub, and only when an operator asks
 (the service itself never downloads). It needs internet; offline it fails at once with
@@ -7,6 +7,8 @@ The only place the appliance talks to the Hugging Face Hub, and only when an ope
 - ``TangoFlux/``: ``declare-lab/TangoFlux`` (``config.json``, ``tangoflux.safetensors``,
   ``vae.safetensors``) and, in ``TangoFlux/text_encoder/``, the config and tokenizer files of
   ``google/flan-t5-large`` (not its weights: the T5 weights are in ``tangoflux.safetensors``).
+- ``stable-audio-3-<variant>/`` (with ``--sa3``): a ``stabilityai/stable-audio-3-*`` snapshot,
+  gated on the hub: the operator accepts the Stability AI Community Licence there first.
 - ``<clap name>/``: a LAION-CLAP snapshot (``laion/clap-htsat-unfused`` by default, or
   ``laion/larger_clap_general``): config, ``model.safetensors`` (``pytorch_model.bin`` when
   the repository has no safetensors), tokenizer and preprocessor files, plus the appliance's
@@ -111,3 +113,37 @@ def fetch_models(
         encoding="utf-8",
     )
     return FetchResult(tangoflux, clap_dir)
+
+
+SA3_REPOS = {variant: f"stabilityai/stable-audio-3-{variant}"
+             for variant in ("small-sfx", "small-music", "medium")}
+SA3_FILES = ["model_index.json", "*/config.json", "*/*.safetensors", "*/*.safetensors.index.json",
+             "tokenizer/*", "scheduler/*", "LICENSE*", "README.md"]
+SA3_GATED = (
+    "the Stable Audio 3 repositories are gated: sign in on huggingface.co, accept the Stability "
+    "AI Community Licence on the model page, then give this machine a token "
+    "(`huggingface-cli login` or HF_TOKEN)"
+)
+
+
+def fetch_sa3(models_dir: Path, variant: str, *, revision: str | None = None,
+              download: Downloader | None = None) -> Path:
+    """Download one SA3 snapshot into ``<models_dir>/stable-audio-3-<variant>``.
+
+    The result is named in ``appliance.json`` so that cache keys and replies carry the exact
+    repository; set ``models.sa3`` (or a ``models.generators`` entry) to the returned path.
+    """
+    if variant not in SA3_REPOS:
+        raise ModelDownloadError(f"unknown Stable Audio 3 variant {variant!r}; one of {sorted(SA3_REPOS)}")
+    download = download or _hub_downloader()
+    repo = SA3_REPOS[variant]
+    target = Path(models_dir) / repo.rsplit("/", 1)[-1]
+    try:
+        _download(download, repo, target, SA3_FILES, revision)
+    except ModelDownloadError as exc:
+        raise ModelDownloadError(f"{exc.message}; note that {SA3_GATED}") from exc
+    if not (target / "model_index.json").is_file():
+        raise ModelDownloadError(f"{repo} came without model_index.json; {SA3_GATED}")
+    (target / "appliance.json").write_text(
+        json.dumps({"model_name": repo, "random_weights": False}, indent=2) + "\n", encoding="utf-8")
+    return target

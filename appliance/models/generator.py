@@ -29,6 +29,22 @@ FAMILIES: tuple[Family, ...] = ("tangoflux", "sa3")
 SAMPLE_RATE = 44100
 SA3_PIPELINE_CLASS = "StableAudio3Pipeline"
 SA3_NAME_FILE = "appliance.json"  # {"model_name": ...}: written by build-tiny and fetch
+# Files every snapshot needs (each entry: alternatives separated by " | "); models check
+# reports the missing ones before anything is loaded.
+SA3_FILES = (
+    "model_index.json",
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors"
+    " | transformer/diffusion_pytorch_model.safetensors.index.json",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors | text_encoder/model.safetensors.index.json",
+    "tokenizer/tokenizer.json | tokenizer/tokenizer.model",
+    "duration_embedder/config.json",
+    "duration_embedder/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+)
 TINY_NAMES: dict[Family, str] = {"tangoflux": "tiny-tangoflux", "sa3": "tiny-sa3"}
 
 ProgressCallback = Callable[[int, int], None]

@@ -24,6 +24,7 @@ import torch
 
 from appliance.errors import ModelError
 from appliance.models.generator import (
+    SA3_FILES,
     SA3_PIPELINE_CLASS,
     SAMPLE_RATE,
     ProgressCallback,
@@ -39,22 +40,6 @@ _DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-# Files every snapshot needs (each entry: alternatives separated by " | "); models check
-# reports the missing ones before anything is loaded.
-REQUIRED_FILES = (
-    "model_index.json",
-    "transformer/config.json",
-    "transformer/diffusion_pytorch_model.safetensors"
-    " | transformer/diffusion_pytorch_model.safetensors.index.json",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors | text_encoder/model.safetensors.index.json",
-    "tokenizer/tokenizer.json | tokenizer/tokenizer.model",
-    "duration_embedder/config.json",
-    "duration_embedder/diffusion_pytorch_model.safetensors",
-    "scheduler/scheduler_config.json",
-)
 _MIN_TOKENIZER_SIZE = 100  # an incomplete tokenizer maps every word to <unk>: reject it
 _TOKENIZER_PROBE = "a dog barking in the rain"
 
@@ -98,7 +83,7 @@ class StableAudio3Generator:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         started = time.perf_counter()
         model_dir = Path(model_dir)
-        missing = [entry for entry in REQUIRED_FILES
+        missing = [entry for entry in SA3_FILES
                    if not any((model_dir / name.strip()).is_file() for name in entry.split("|"))]
         if missing:
             raise ModelError(f"{model_dir}: not a complete Stable Audio 3 snapshot; missing {missing}")
