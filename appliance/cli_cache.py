@@ -101,6 +101,12 @@ def add_cache_commands(subparsers: Any, common_parent: argparse.ArgumentParser) 
     _add_dry_run(pattern)
     pattern.set_defaults(handler=_remove_pattern)
 
+    resize = commands.add_parser("resize", parents=parents,
+                                 help="change the index's map size, with the appliance stopped")
+    resize.add_argument("--map-size-bytes", type=int, required=True, metavar="BYTES",
+                        help="new LMDB map size (address space; the file grows only as used)")
+    resize.set_defaults(handler=_resize)
+
 
 def _add_dry_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="show what would be removed")
@@ -218,6 +224,25 @@ def _with_dispatcher(
         out = _Out(rich=sys.stdout.isatty())
         render(result, out)
         out.flush()
+    return 0
+
+
+def _resize(settings: Settings, args: argparse.Namespace) -> int:
+    """Offline only: the map size may not change while any process has the cache open."""
+    from appliance.cache.store import resize_map
+    from appliance.instance import InstanceLock
+
+    try:
+        lock = InstanceLock.acquire(settings.cache.dir.parent)  # refused while the service runs
+        try:
+            old = resize_map(settings.cache.dir, args.map_size_bytes)
+        finally:
+            lock.release()
+    except ApplianceError as exc:
+        _error(args, exc.code, exc.message)
+        return 1
+    result = {"map_size_bytes_before": old, "map_size_bytes": args.map_size_bytes}
+    print(json.dumps(result) if args.json else f"map size {old} -> {args.map_size_bytes} bytes")
     return 0
 
 

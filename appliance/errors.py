@@ -70,6 +70,12 @@ class CacheError(ApplianceError):
     code = "cache_error"
 
 
+class CacheFull(CacheError):
+    """The cache index (LMDB map) is full; it is resized offline (``appliance cache resize``)."""
+
+    code = "cache_full"
+
+
 class ModelError(ApplianceError):
     """A model directory is missing files, or its files cannot be loaded."""
 

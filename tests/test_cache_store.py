@@ -9,7 +9,7 @@ import pytest
 
 from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.store import CacheItem, CacheStore
-from appliance.errors import NotFound
+from appliance.errors import CacheFull, NotFound
 
 
 def make_item(prompt: str, *, key: str | None = None, score: float | None = None,
@@ -94,13 +94,14 @@ def test_hits_are_batched_and_flushed(store: CacheStore) -> None:
     assert updated.hits == 3 and updated.last_hit_timestamp == 123.0
 
 
-def test_map_full_grows_the_map_instead_of_failing(tmp_path: Path) -> None:
+def test_a_full_map_is_cache_full_and_nothing_half_written(tmp_path: Path) -> None:
     store = CacheStore(tmp_path / "small", map_size_bytes=1024 * 1024)
     try:
         long_prompt = "p" * 4000
-        for index in range(400):
-            store.put(make_item(f"{long_prompt} {index}"), b"a", max_items=10**6, max_bytes=10**9)
-        assert store.totals().items == 400
+        with pytest.raises(CacheFull, match="appliance cache resize"):
+            for index in range(400):
+                store.put(make_item(f"{long_prompt} {index}"), b"a", max_items=10**6, max_bytes=10**9)
+        assert store.verify().ok  # the failed put left neither its item nor its file
     finally:
         store.close()
 

@@ -8,6 +8,15 @@ files never shrink, while deleting a file gives its space back at once.
 
 The environment is shared with other processes (the CLI): LMDB serialises writers, and a
 ``generation`` counter bumped by every write lets a reader notice changes made elsewhere.
+
+The map size is fixed while the cache is in use. Growing it online hung processes: LMDB may
+only change the map with no transaction open in the process, and a process that meets a map
+grown by another process at the start of a write transaction kept LMDB's writer lock and
+waited on itself (reproduced with three reader threads and a CLI writing). So every process
+opens the map at the size recorded beside it (``map_size``, written when the cache is
+created), nobody writes past anybody's map, and a full map is a clear :class:`CacheFull`
+error; :func:`resize_map` changes the size offline (``appliance cache resize``). The
+default map (16 GiB of address space) holds millions of items' metadata: audio is not in it.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from appliance.cache.keys import is_item_key
-from appliance.errors import CacheError, NotFound
+from appliance.errors import CacheError, CacheFull, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,7 @@ _EMBEDDER = b"embedder"
 _GENERATION = b"generation"
 _TOTAL_BYTES = b"total_bytes"
 _T = TypeVar("_T")
+_MAP_SIZE_FILE = "map_size"  # beside the LMDB files: the map size every process opens with
 
 
 @dataclass
@@ -139,9 +149,10 @@ class CacheStore:
         self.directory = Path(directory)
         self.audio_dir = self.directory / "audio"
         self.audio_dir.mkdir(parents=True, exist_ok=True)
+        self.map_size = _agreed_map_size(self.directory / "index.lmdb", map_size_bytes)
         try:
             self._env = lmdb.open(
-                str(self.directory / "index.lmdb"), map_size=map_size_bytes, max_dbs=8,
+                str(self.directory / "index.lmdb"), map_size=self.map_size, max_dbs=8,
                 subdir=True, lock=True,
             )
         except lmdb.Error as exc:
@@ -445,30 +456,69 @@ class CacheStore:
                 path.unlink(missing_ok=True)
 
     def _read(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
-        for _ in range(3):
-            try:
-                with self._env.begin() as txn:
-                    return body(txn)
-            except lmdb.MapResizedError:
-                self._env.set_mapsize(0)  # another process grew the map
-            except lmdb.Error as exc:
-                raise CacheError(f"cache read failed: {exc}") from exc
-        raise CacheError("cache map kept changing size under a read")
+        return self._transaction(body, write=False)
 
     def _write(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
-        for _ in range(8):
-            try:
-                with self._env.begin(write=True) as txn:
-                    return body(txn)
-            except lmdb.MapResizedError:
-                self._env.set_mapsize(0)
-            except lmdb.MapFullError:
-                size = self._env.info()["map_size"]
-                log.info("growing the cache map", extra={"map_size": size * 2})
-                self._env.set_mapsize(size * 2)
-            except lmdb.Error as exc:
-                raise CacheError(f"cache write failed: {exc}") from exc
-        raise CacheError("cache write failed: the map could not be grown")
+        return self._transaction(body, write=True)
+
+    def _transaction(self, body: Callable[[lmdb.Transaction], _T], *, write: bool) -> _T:
+        """Run ``body`` in one transaction; the map never changes size here (module docstring)."""
+        try:
+            with self._env.begin(write=write) as txn:
+                return body(txn)
+        except lmdb.MapFullError as exc:
+            raise CacheFull(
+                f"the cache index at {self.directory} is full ({self.map_size} bytes of map): stop "
+                "the appliance and run `appliance cache resize --map-size-bytes N` with a larger N"
+            ) from exc
+        except lmdb.MapResizedError as exc:
+            raise CacheError(
+                f"the cache map at {self.directory} was resized while in use; restart this process"
+            ) from exc
+        except lmdb.Error as exc:
+            raise CacheError(f"cache {'write' if write else 'read'} failed: {exc}") from exc
+
+
+def _agreed_map_size(index_dir: Path, configured: int) -> int:
+    """The size recorded for this cache, else ``configured``, recorded now (first opener wins)."""
+    index_dir.mkdir(parents=True, exist_ok=True)
+    record = index_dir / _MAP_SIZE_FILE
+    try:
+        with open(record, "x", encoding="ascii") as handle:
+            handle.write(f"{configured}\n")
+        return configured
+    except FileExistsError:
+        pass
+    try:
+        recorded = int(record.read_text(encoding="ascii").strip() or 0)
+    except ValueError:
+        recorded = 0
+    if recorded <= 0:  # an opener that crashed between create and write: adopt ours
+        write_file_durably(record, f"{configured}\n".encode())
+        return configured
+    if recorded != configured:
+        log.warning("the cache keeps its map size; cache.map_size_bytes applies to new caches and "
+                    "to `appliance cache resize`", extra={"map_size": recorded, "configured": configured})
+    return recorded
+
+
+def resize_map(directory: Path, map_size_bytes: int) -> int:
+    """Change a cache's map size, with no other process using it. Returns the old size.
+
+    The caller makes sure nothing else has the cache open (``appliance cache resize`` holds
+    the appliance's instance lock). Every later opener maps the size recorded here.
+    """
+    index_dir = Path(directory) / "index.lmdb"
+    old = _agreed_map_size(index_dir, map_size_bytes)
+    env = lmdb.open(str(index_dir), map_size=old, max_dbs=8, subdir=True, lock=True)
+    try:
+        used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    finally:
+        env.close()
+    if map_size_bytes <= used:
+        raise CacheError(f"the cache index uses {used} bytes: a map of {map_size_bytes} bytes is too small")
+    write_file_durably(index_dir / _MAP_SIZE_FILE, f"{map_size_bytes}\n".encode())
+    return old
 
 
 def _eviction_rank(item: CacheItem) -> tuple[float, float]:
