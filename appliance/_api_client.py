@@ -23,6 +23,7 @@ from typing import Any, Literal, TypedDict, Unpack
 
 from pydantic import ValidationError
 
+from appliance.audio import AudioFormat
 from appliance.client import AUDIO_GRACE_S, PendingRequest, ProgressCallback, RequestClient
 from appliance.config import BrokerSettings, NodeSettings
 from appliance.errors import ApplianceError, ConfigError, GenerationTimeout, NotFound, Unavailable
@@ -53,7 +54,7 @@ class RequestParams(TypedDict, total=False):
     seed: int
     force: bool
     deliver: Literal["url", "mqtt", "both"]
-    format: Literal["wav"]
+    format: AudioFormat
     request_id: str
 
 

@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import BrokerChoice, EmbeddedBroker, start_broker
+from appliance.cache.encoded import EncodedClips
 from appliance.cache.match import ReuseJudge, ReuseThresholds
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.semantic import ClapTextScorer, SemanticCache, Vector, ensure_embedder
@@ -130,6 +131,9 @@ class Appliance:
         self._broker, self._broker_choice = start_broker(s.broker, s.cache.dir.parent / "broker")
         self._cache = CacheStore(s.cache.dir, map_size_bytes=s.cache.map_size_bytes)
         self._cache.sweep()
+        # FLAC, Ogg Opus and MP3 copies of cached clips, kept within a quarter of the cache's cap
+        encoded = EncodedClips(self._cache, max_bytes=s.cache.max_bytes // 4)
+        encoded.sweep()
         self._refresh_cache_gauges()
         self.metrics.cache_max_items.set(s.cache.max_items)
         self.metrics.cache_max_bytes.set(s.cache.max_bytes)
@@ -139,6 +143,7 @@ class Appliance:
         self._http = HttpServer(
             s.http.host, s.http.port, cache=self._cache, metrics=self.metrics,
             health=self.health, readiness=self.readiness, audio_token=s.http.audio_token,
+            encoded=encoded,
         )
         self._http.start()
         base_url = s.http.public_url or f"http://{s.http.host}:{self._http.port}"
@@ -163,7 +168,7 @@ class Appliance:
             s, cache=self._cache, pool=self._pool, publisher=local, metrics=self.metrics,
             model_name=model_name, audio_base_url=base_url, semantic=semantic, embed=embed,
             on_served=self._clip_served, audio_budget=self._mqtt.audio_budget_allows,
-            catalogue=catalogue,
+            catalogue=catalogue, encoded=encoded,
         )
         self._intake = Intake(self._supervisor.handle, Shedder(self._mqtt, self.topics, self.metrics),
                               capacity=s.requests.intake_size, threads=s.requests.dispatch_threads)

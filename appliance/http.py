@@ -7,6 +7,9 @@ hostile clients need what a hand-rolled server lacks: requests are read without 
 connections are capped. werkzeug serves the files: streamed from disk, ``HEAD``, a single
 ``Range`` (``206``, or ``416`` when it cannot be satisfied), ETag and Last-Modified. A
 request for several ranges gets the whole file (``200``), which RFC 9110 allows.
+``/audio/<key>`` is the cached master (WAV); ``/audio/<key>.<format>`` the clip in one of the
+request formats (``flac``, ``ogg``, ``mp3``, ``wav``), encoded on first use and kept
+(appliance/cache/encoded.py), each with its own Content-Type.
 Binds to 127.0.0.1 unless configured otherwise.
 """
 
@@ -26,6 +29,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 
+from appliance.audio import AUDIO_FORMATS, MEDIA_TYPES
+from appliance.cache.encoded import EncodedClips
 from appliance.cache.keys import is_item_key
 from appliance.cache.store import CacheStore
 from appliance.errors import ConfigError, NotFound
@@ -35,8 +40,6 @@ log = logging.getLogger(__name__)
 
 HealthProbe = Callable[[], tuple[bool, dict[str, Any]]]
 StartResponse = Callable[..., Any]
-
-_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 
 
 class HttpServer:
@@ -51,8 +54,10 @@ class HttpServer:
         self, host: str, port: int, *, cache: CacheStore, metrics: Metrics,
         health: HealthProbe, readiness: HealthProbe, audio_token: str = "",
         timeout_s: int = 30, threads: int = 4, max_connections: int = 100,
+        encoded: EncodedClips | None = None,
     ) -> None:
-        app = _Endpoints(cache, metrics, health, readiness, audio_token)
+        encoded = encoded or EncodedClips(cache, max_bytes=256 * 1024**2)
+        app = _Endpoints(cache, encoded, metrics, health, readiness, audio_token)
         try:
             self._server = waitress.create_server(
                 app, host=host, port=port, threads=threads, channel_timeout=timeout_s,
@@ -95,6 +100,7 @@ class _Endpoints:
     """The WSGI application: four read-only endpoints."""
 
     _cache: CacheStore
+    _encoded: EncodedClips
     _metrics: Metrics
     _health: HealthProbe
     _readiness: HealthProbe
@@ -127,13 +133,17 @@ class _Endpoints:
     def _audio(self, request: Request, name: str) -> Response:
         if self._audio_token and not self._token_ok(request):
             return _json(401, {"error": "unauthorized", "message": "audio needs the token"})
-        key = name.rsplit(".", 1)[0] if name.endswith(".wav") else name
+        key, _, audio_format = name.partition(".")
         if not is_item_key(key):
             return _json(404, {"error": "not_found", "message": "not a cache key"})
+        if audio_format and audio_format not in AUDIO_FORMATS:
+            return _json(404, {"error": "not_found", "message": f"no format {audio_format!r}; "
+                               f"choose one of {', '.join(AUDIO_FORMATS)}"})
         try:
             item = self._cache.get(key)
-            path = self._cache.audio_path(item.key, item.audio_format)
-            return send_file(path, request.environ, mimetype=_MEDIA_TYPES.get(item.audio_format,
+            audio_format = audio_format or item.audio_format
+            path = self._encoded.path(item, audio_format)  # encoded on first use
+            return send_file(path, request.environ, mimetype=MEDIA_TYPES.get(audio_format,
                              "application/octet-stream"), conditional=True, max_age=86_400)
         except NotFound as exc:
             return _json(404, {"error": "not_found", "message": exc.message})

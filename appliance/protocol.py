@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
 )
 
+from appliance.audio import AUDIO_FORMATS, AudioFormat
 from appliance.config import GenerationSettings
 from appliance.errors import ApplianceError, InvalidRequest, PayloadTooLarge
 
@@ -61,7 +62,7 @@ class RequestMessage(BaseModel):
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     force: StrictBool = False
     deliver: Literal["url", "mqtt", "both"] = "url"
-    format: Literal["wav"] = "wav"
+    format: AudioFormat = "wav"
     model: StrictStr | None = None
     request_id: StrictStr | None = None
     reply_to: StrictStr | None = None
@@ -89,7 +90,7 @@ class Request:
     params: GenerationParameters
     force: bool
     deliver: Literal["url", "mqtt", "both"]
-    audio_format: Literal["wav"]
+    audio_format: AudioFormat
 
 
 def new_request_id() -> str:
@@ -171,6 +172,8 @@ def parse_request(payload: bytes, max_bytes: int) -> RequestMessage:
             raise FieldError(field, "unknown field") from exc
         if kind == "missing":
             raise FieldError(field, "is required") from exc
+        if field == "format":
+            raise FieldError(field, f"must be one of {', '.join(AUDIO_FORMATS)}") from exc
         if len(first["loc"]) > 1:  # a union (int | float) reports one error per member
             raise FieldError(field, "must be a number") from exc
         raise FieldError(field, first["msg"]) from exc

@@ -23,7 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from appliance.audio import encode_wav
+from appliance.audio import MEDIA_TYPES, delivered_rate, encode_wav, transcode
+from appliance.cache.encoded import EncodedClips
 from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.semantic import Compatibility, SemanticCache, Vector
@@ -122,11 +123,14 @@ class Supervisor:
         on_served: Callable[[dict[str, Any]], None] | None = None,
         audio_budget: Callable[[int], bool] | None = None,
         catalogue: ModelCatalogue | None = None,
+        encoded: EncodedClips | None = None,
     ) -> None:
         self._settings = settings
         self._on_served = on_served  # told of every clip served (the HA event entity)
         self._topics = Topics.from_settings(settings.node)
         self._cache = cache
+        # the cache keeps one WAV master per clip; other formats are encoded once and kept
+        self._encoded = encoded or EncodedClips(cache, max_bytes=settings.cache.max_bytes // 4)
         self._pool = pool
         self._publisher = publisher
         self._metrics = metrics
@@ -354,11 +358,17 @@ class Supervisor:
         elif gate == "off":
             gate = "off (configured)"
         stored = self._store(item, audio, flight.vector, result.clap_vector, gate_on=gate == "on")
+        encodings: dict[str, bytes] = {item.audio_format: audio}  # each format encoded once
         for index, waiter in enumerate(waiters):
+            audio_format = waiter.request.audio_format
+            if audio_format not in encodings:
+                encodings[audio_format] = (self._encoded.read(item, audio_format, master=audio)
+                                           if stored else transcode(audio, audio_format))
             body = self._generation_metadata(waiter.request, item, result, stored)
+            body.update(_encoding_metadata(audio_format, len(encodings[audio_format]), item))
             body["quality_gate"] = gate
             answered.add(index)
-            self._deliver(waiter, body, audio, item.key, stored=stored)
+            self._deliver(waiter, body, encodings[audio_format], item.key, stored=stored)
             self._metrics.request_duration.labels(path="generated").observe(
                 time.perf_counter() - waiter.received_at)
             self._metrics.requests.labels(outcome="generated", source=source).inc()
@@ -411,9 +421,11 @@ class Supervisor:
             "age_s": round(time.time() - item.generation_timestamp, 3),
             "current_config": self._current_config(request),
         }
-        if request.deliver != "url" and not self._audio_budget(item.audio_bytes):
+        size = self._encoded.size(item, request.audio_format)  # encoded (and kept) if need be
+        body.update(_encoding_metadata(request.audio_format, size, item))
+        if request.deliver != "url" and not self._audio_budget(size):
             raise Busy("too much audio on its way over MQTT: ask again, or use deliver: url")
-        audio = self._cache.read_audio(item) if request.deliver != "url" else b""
+        audio = self._encoded.read(item, request.audio_format) if request.deliver != "url" else b""
         self._deliver(PendingReply(request, address, received_at), body, audio, item.key)
         path = "hit" if match == "exact" else "semantic_hit"
         self._metrics.request_duration.labels(path=path).observe(time.perf_counter() - received_at)
@@ -428,7 +440,8 @@ class Supervisor:
         if not stored and deliver == "url":
             deliver = "mqtt"  # the clip is not in the cache, so /audio/<key> cannot serve it
         if deliver in ("url", "both") and stored:
-            body["audio_url"] = f"{self._audio_base_url}/audio/{key}"
+            suffix = "" if request.audio_format == "wav" else f".{request.audio_format}"
+            body["audio_url"] = f"{self._audio_base_url}/audio/{key}{suffix}"
         if deliver in ("mqtt", "both"):
             if not self._audio_budget(len(audio)):  # a generation's clip (hits check before reading)
                 busy = Busy("too much audio on its way over MQTT: ask again"
@@ -503,7 +516,7 @@ class Supervisor:
             seed=params.seed,
             sample_rate=result.sample_rate,
             channels=int(result.waveform.shape[0]),
-            audio_format=request.audio_format,
+            audio_format="wav",  # the master; a request's format is encoded from it
             audio_bytes=audio_bytes,
             generation_timestamp=time.time(),
             generation_s=round(result.generation_s, 4),
@@ -566,3 +579,9 @@ class Supervisor:
             "loop": params.loop,
             "tau_accept_new": self._settings.generation.tau_accept_new,
         }
+
+
+def _encoding_metadata(audio_format: str, size: int, item: CacheItem) -> dict[str, Any]:
+    """What a reply says about the audio it delivers (the master's figures are the item's)."""
+    return {"format": audio_format, "content_type": MEDIA_TYPES[audio_format], "audio_bytes": size,
+            "sample_rate": delivered_rate(audio_format, item.sample_rate)}

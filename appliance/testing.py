@@ -6,6 +6,7 @@ apart from the addresses, so that tests and benchmarks exercise the real stack.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,3 +183,29 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait()
         return int(self.process.returncode)
+
+
+@contextlib.contextmanager
+def service_with_broker(
+    root: Path, models_dir: Path, **overrides: dict[str, Any]
+) -> Iterator[ServiceProcess]:
+    """A private broker and a ready service on it (``overrides`` update config sections)."""
+    broker = BrokerProcess.start(root / "broker")
+    try:
+        sections = service_sections(root, broker, models_dir)
+        for name, values in overrides.items():
+            sections.setdefault(name, {}).update(values)
+        service = ServiceProcess.start(root, sections)
+        with contextlib.closing(_Stopper(service)):
+            service.wait_ready()
+            yield service
+    finally:
+        broker.stop()
+
+
+@dataclass(frozen=True)
+class _Stopper:
+    service: ServiceProcess
+
+    def close(self) -> None:
+        self.service.stop()
