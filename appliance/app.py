@@ -170,13 +170,15 @@ class Appliance:
             on_served=self._clip_served, audio_budget=self._mqtt.audio_budget_allows,
             catalogue=catalogue, encoded=encoded,
         )
-        self._intake = Intake(self._supervisor.handle, Shedder(self._mqtt, self.topics, self.metrics),
+        # local requests (HA, Wyoming) take the intake too: its queue, its threads, its `busy`
+        self._intake = Intake(local.dispatcher(self._supervisor.handle),
+                              Shedder(local, self.topics, self.metrics),
                               capacity=s.requests.intake_size, threads=s.requests.dispatch_threads)
         self._intake.start()
         self.metrics.intake_capacity.set(s.requests.intake_size)
         self.metrics.intake_depth.set_function(self._intake.depth)
         self.metrics.mqtt_outgoing_bytes.set_function(lambda: self._mqtt.outgoing_bytes if self._mqtt else 0)
-        local.bind(self._supervisor.handle)
+        local.bind(self._intake.offer)
         self._ha = HomeAssistantBridge(
             s.homeassistant, ha_topics, self._mqtt, audio_base_url=base_url,
             device=DeviceInfo(self.topics.node, s.homeassistant.device_name

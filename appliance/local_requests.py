@@ -5,6 +5,11 @@ instead of a second one: each becomes an :class:`InboundMessage` whose Response 
 local address, and :class:`LocalReplies` (the publisher the supervisor is given) hands what
 the supervisor publishes there back to the waiting future instead of to the broker. The
 Correlation Data tells the requests apart; everything else is forwarded to the broker.
+
+They also take the same intake (appliance/intake.py): :meth:`LocalReplies.submit` only
+offers the message to the intake's bounded queue, so a prompt typed in Home Assistant, which
+arrives on the MQTT network thread, is never handled there (a slow disk would stop the
+appliance reading MQTT), and a full intake answers it ``busy`` like any other request.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from appliance.mqtt import InboundMessage
 from appliance.supervisor import Publisher
 from appliance.topics import Topics
 
-RequestHandler = Callable[[InboundMessage, str], None]
+RequestHandler = Callable[[InboundMessage, str | None], None]
+Offer = Callable[[InboundMessage], None]
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class LocalReply:
 @dataclass
 class _Pending:
     future: Future[LocalReply]
+    source: str
     audio: bytes | None = None
 
 
@@ -53,26 +60,42 @@ class LocalReplies:
         self._audio_topic = Topics.audio(self.reply_topic)
         self._pending: dict[bytes, _Pending] = {}
         self._lock = threading.Lock()
-        self._handle: RequestHandler | None = None
+        self._offer: Offer | None = None
 
-    def bind(self, handle: RequestHandler) -> None:
-        """Where requests go (the supervisor's ``handle``); set once it exists."""
-        self._handle = handle
+    def bind(self, offer: Offer) -> None:
+        """Where requests go (the intake's ``offer``); set once it exists."""
+        self._offer = offer
+
+    def dispatcher(self, handle: RequestHandler) -> Callable[[InboundMessage], None]:
+        """The intake's handler: the supervisor's ``handle``, told which source a local
+        request came from (for its metrics); MQTT requests pass through unchanged."""
+        def dispatch(message: InboundMessage) -> None:
+            handle(message, self.source_of(message))
+
+        return dispatch
+
+    def source_of(self, message: InboundMessage) -> str | None:
+        """``homeassistant``, ``wyoming``…: the source of a local request; None for MQTT."""
+        if message.response_topic != self.reply_topic or message.correlation_data is None:
+            return None
+        with self._lock:
+            pending = self._pending.get(message.correlation_data)
+        return pending.source if pending is not None else None
 
     def submit(self, body: dict[str, Any], *, source: str) -> Future[LocalReply]:
-        """Send one request through the supervisor; the future gets its reply."""
-        if self._handle is None:
+        """Queue one request for the supervisor (never blocks); the future gets its reply."""
+        if self._offer is None:
             raise RuntimeError("LocalReplies.bind() was not called")
         request_id = str(body.setdefault("request_id", f"{source}-{uuid.uuid4().hex}"))
         token = request_id.encode()
         future: Future[LocalReply] = Future()
         with self._lock:
-            self._pending[token] = _Pending(future)
+            self._pending[token] = _Pending(future, source)
         message = InboundMessage(
             topic=f"{self._topics.prefix}/{source}", payload=json.dumps(body).encode(),
             response_topic=self.reply_topic, correlation_data=token, received_at=time.perf_counter(),
         )
-        self._handle(message, source)
+        self._offer(message)
         return future
 
     def pending(self) -> int:
