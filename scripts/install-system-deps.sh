@@ -1,13 +1,11 @@
 #!/bin/sh
-# Installs the Debian packages the appliance needs (the MQTT broker and its clients; ffmpeg,
-# whose ffprobe/ffmpeg the tests use as an independent decoder of the compressed formats),
+# Installs the Debian packages the appliance needs (the MQTT broker and its clients),
 # only when they are missing. Uses sudo when not run as root.
 set -eu
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v mosquitto_pub >/dev/null 2>&1 || missing="$missing mosquitto-clients"
 command -v python3.11 >/dev/null 2>&1 || missing="$missing python3.11 python3.11-venv"
-{ command -v ffprobe >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1; } || missing="$missing ffmpeg"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 echo "installing system packages:$missing"

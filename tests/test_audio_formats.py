@@ -1,6 +1,6 @@
 """Audio formats (wav, flac, ogg = Opus, mp3), checked by an independent decoder: ffmpeg.
 
-Debian's ffprobe/ffmpeg (scripts/install-system-deps.sh) read what libsndfile wrote: codec,
+Debian's ffprobe/ffmpeg (scripts/install-test-tools.sh) read what libsndfile wrote: codec,
 sample rate, channels and duration must be what the reply says. End to end, one real service
 answers one prompt in every format, over MQTT and HTTP, from one cached master.
 """
