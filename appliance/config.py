@@ -2,12 +2,14 @@
 
 The file is ``config/appliance.toml`` (documented key by key); every key can be overridden
 by an environment variable ``APPLIANCE_<SECTION>__<KEY>`` (for example
-``APPLIANCE_BROKER__PORT=1884``). Values from the environment are parsed as TOML values
-when they parse (numbers, booleans, arrays) and taken as strings otherwise.
+``APPLIANCE_BROKER__PORT=1884``), read by pydantic-settings: a value is the string it is
+until its key's type says otherwise (a password ``12345678`` stays a string), and a list or
+table is written as JSON (``APPLIANCE_WORKERS__DEVICES='["0", "1"]'``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tomllib
@@ -23,12 +25,21 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from appliance.cache.match import DEFAULT_THRESHOLDS
 from appliance.errors import ConfigError
 
 ENV_PREFIX = "APPLIANCE_"
 CONFIG_ENV = "APPLIANCE_CONFIG"
+
+log = logging.getLogger(__name__)
 
 
 class _Section(BaseModel):
@@ -331,41 +342,82 @@ def load_settings(
 ) -> Settings:
     """Read the TOML file (if any), apply environment overrides, validate.
 
-    Raises ConfigError naming the offending key (``section.key``) and the problem.
+    Raises ConfigError naming the offending key (``section.key``) and where its value came
+    from: the file, or the environment variable (an override is not the file's fault).
     """
     data: dict[str, Any] = {}
     if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} does not exist") from exc
+            data = TomlConfigSettingsSource(_Sources, toml_file=path)()
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    _apply_environment(data, os.environ if environ is None else environ)
+    overrides = _read_environment(os.environ if environ is None else environ)
+    for values in overrides.values():
+        data = _merge(data, values)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             key = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{key}: {error['msg']}")
-        source = f" (file {path})" if path else ""
-        raise ConfigError("invalid configuration" + source + ": " + "; ".join(problems)) from exc
+            variable = next((name for name, values in overrides.items()
+                             if _provides(values, error["loc"])), None)
+            source = f" (from {variable})" if variable else f" (file {path})" if path else ""
+            problems.append(f"{key}{source}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
 
 
-def _apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+class _Sources(BaseSettings, Settings):
+    """The settings tree as pydantic-settings reads it; only its sources are used, so that
+    ``Settings()`` itself stays the plain defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False)
+
+
+def _read_environment(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Each ``APPLIANCE_*`` variable's values, read alone so that a bad one can be named.
+
+    Values are taken as the strings they are (the field's type decides), except that a list
+    or a table is written as JSON. A variable that names no setting is ignored with a warning.
+    """
+    overrides: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() == CONFIG_ENV:
             continue
-        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
-        target = data.setdefault(section, {})
-        if not isinstance(target, dict):
-            raise ConfigError(f"environment variable {name}: section {section!r} is not a table")
-        target[key] = _parse_env_value(raw)
+        source = EnvSettingsSource(_Sources)
+        source.env_vars = {name.lower(): raw}
+        try:
+            values = source()
+        except SettingsError as exc:
+            raise ConfigError(f"environment variable {name}: {raw!r} is not valid JSON, "
+                              "which a list or a table is written in") from exc
+        if values:
+            overrides[name] = values
+        else:
+            log.warning("environment variable %s names no setting and is ignored: settings are "
+                        "%s<SECTION>__<KEY> (two underscores), e.g. %sBROKER__PORT",
+                        name, ENV_PREFIX, ENV_PREFIX)
+    return overrides
 
 
-def _parse_env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merge(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _provides(values: Any, loc: tuple[int | str, ...]) -> bool:
+    """Whether ``values`` (one variable's) set the value at ``loc`` or a table above it."""
+    for part in loc:
+        if not isinstance(values, dict):
+            return True
+        if part not in values:
+            return False
+        values = values[part]
+    return True
