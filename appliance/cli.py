@@ -1,6 +1,6 @@
-"""The ``appliance`` command line: serve, request, status, cache, models.
+"""The appliance command line: serve, request, status, cache, models.
 
-Every command takes ``--config PATH``; every command that prints results takes ``--json``.
+Every command takes --config PATH; every command that prints results takes --json.
 Exit codes: 0 success, 1 the request or command failed, 2 bad usage or configuration.
 """
 
@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from appliance import __version__
 from appliance.cli_cache import add_cache_commands
 from appliance.cli_models import add_models_commands
 from appliance.config import Settings, default_config_path, load_settings
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML configuration file")
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -54,17 +56,22 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     request = commands.add_parser("request", parents=[common], help="send one prompt, wait for the clip")
-    request.add_argument("prompt")
-    request.add_argument("--duration", type=float, dest="duration_s")
-    request.add_argument("--steps", type=int)
-    request.add_argument("--guidance", type=float, dest="guidance_scale")
-    request.add_argument("--candidates", type=int)
-    request.add_argument("--seed", type=int)
+    request.add_argument("prompt", help="what the clip should sound like")
+    request.add_argument("--duration", type=float, dest="duration_s", metavar="SECONDS",
+                         help="clip length (default: generation.default_duration_s)")
+    request.add_argument("--steps", type=int,
+                         help="denoising steps: more is slower and cleaner (default: the model's)")
+    request.add_argument("--guidance", type=float, dest="guidance_scale", metavar="SCALE",
+                         help="how closely to follow the prompt (default: the model's)")
+    request.add_argument("--candidates", type=int, metavar="N", help="generate N, keep the best scored")
+    request.add_argument("--seed", type=int, help="fixed seed, for a repeatable clip")
     request.add_argument("--model", help="a generator the workers serve (appliance models check)")
-    request.add_argument("--loop", action="store_true")
+    request.add_argument("--loop", action="store_true", help="make the clip loop seamlessly")
     request.add_argument("--force", action="store_true", help="bypass the cache")
-    request.add_argument("--out", type=Path, help="write the audio to this file")
-    request.add_argument("--timeout", type=float, default=900.0)
+    request.add_argument("--out", type=_output_file, metavar="FILE",
+                         help="write the audio to this file (its directory must exist)")
+    request.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
+                         help="give up when no reply came within this long (default: 900)")
     request.set_defaults(handler=_request)
 
     status = commands.add_parser("status", parents=[common], help="health of the running appliance")
@@ -74,6 +81,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_models_commands(commands, common)
     return parser
+
+
+def _output_file(value: str) -> Path:
+    """Checked when parsed, so that a typo costs no generation."""
+    path = Path(value)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {path.parent} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a directory; name a file in it")
+    return path
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -95,8 +112,11 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
     if args.force:
         body["force"] = True
     body["deliver"] = "mqtt" if args.out else "url"
-    client = RequestClient(settings.broker, Topics.from_settings(settings.node))
-    client.connect()
+    topics = Topics.from_settings(settings.node)
+    client = RequestClient(settings.broker, topics)
+    client.connect(require_online=True)  # no status, or "offline": nobody would answer
+    print(f"waiting for node {topics.node!r} ({topics.request} on {settings.broker.host}:"
+          f"{settings.broker.port}), up to {args.timeout:.0f} s", file=sys.stderr)
     try:
         if sys.stderr.isatty():  # a progress bar of the denoising steps, on the terminal only
             from rich.console import Console
@@ -126,7 +146,11 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
         if reply.audio is None:
             _print_error(args, "no_audio", "the reply came without its audio")
             return 1
-        args.out.write_bytes(reply.audio)
+        try:
+            args.out.write_bytes(reply.audio)
+        except OSError as exc:
+            _print_error(args, "write_failed", f"cannot write {args.out}: {exc.strerror}")
+            return 1
     if args.json:
         print(json.dumps(reply.body, indent=2))
     else:
