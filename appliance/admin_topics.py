@@ -5,7 +5,9 @@ The body is a JSON object holding the command's arguments (the same names as
 arguments: ``request_id``, ``reply_to`` (MQTT 3.1.1 clients) and ``client_id`` (who asks,
 for the audit log; MQTT does not tell a subscriber who published). The reply goes to the
 MQTT 5 Response Topic (with its Correlation Data), else ``reply_to``, else
-``<base>/<node>/admin-reply/<command>``.
+``<base>/<node>/admin-reply/<command>``: the supervisor's rule (:func:`reply_address`), which
+refuses an address naming the appliance's own topics; the refusal, like every error and a
+``busy``, goes where :func:`error_address` finds.
 
 Commands run one at a time on their own thread, so a slow ``duplicates`` over a large cache
 never holds up the network thread that answers cache hits; the queue of waiting commands is
@@ -18,7 +20,6 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from appliance.admin import AdminDispatcher
@@ -30,20 +31,15 @@ from appliance.protocol import (
     encode,
     error_reply,
     is_valid_publish_topic,
+    salvage_reply_fields,
 )
-from appliance.supervisor import Publisher
+from appliance.supervisor import Publisher, ReplyAddress, error_address, reply_address
 from appliance.topics import Topics
 
 log = logging.getLogger(__name__)
 
 _ENVELOPE = ("request_id", "reply_to", "client_id")
 MAX_WAITING_COMMANDS = 16
-
-
-@dataclass(frozen=True)
-class _Address:
-    topic: str
-    correlation_data: bytes | None
 
 
 class AdminTopicHandler:
@@ -65,8 +61,11 @@ class AdminTopicHandler:
         """Queue one admin message; never raises."""
         command = message.topic.rsplit("/", 1)[-1]
         if not self._slots.acquire(blocking=False):
-            self._reply(self._address(message, None, command),
-                        error_reply(None, Busy("too many admin commands waiting")))
+            request_id, reply_to = None, None
+            if len(message.payload) <= self._max_payload_bytes:
+                request_id, reply_to = salvage_reply_fields(message.payload)
+            self._reply(self._error_address(message, command, request_id, reply_to),
+                        error_reply(request_id, Busy("too many admin commands waiting")))
             return
         self._executor.submit(self._run, message, command)
 
@@ -75,12 +74,14 @@ class AdminTopicHandler:
 
     def _run(self, message: InboundMessage, command: str) -> None:
         request_id: str | None = None
-        address = self._address(message, None, command)
+        address = self._error_address(message, command, None, None)
         try:
             check_payload_size(message.payload, self._max_payload_bytes)
             body = decode_json_object(message.payload) if message.payload.strip() else {}
             request_id = _optional_str(body, "request_id")
-            address = self._address(message, _optional_str(body, "reply_to"), command)
+            reply_to = _optional_str(body, "reply_to")
+            address = self._error_address(message, command, request_id, reply_to)
+            address = reply_address(self._topics, message, reply_to, self._topics.admin_reply(command))
             client_id = _optional_str(body, "client_id")
             args = {name: value for name, value in body.items() if name not in _ENVELOPE}
             result = self._dispatcher.dispatch(command, args, source="mqtt", client_id=client_id)
@@ -97,14 +98,12 @@ class AdminTopicHandler:
         finally:
             self._slots.release()
 
-    def _address(self, message: InboundMessage, reply_to: str | None, command: str) -> _Address:
-        if message.response_topic:
-            return _Address(message.response_topic, message.correlation_data)
-        if reply_to is not None and not self._topics.is_reserved(reply_to):
-            return _Address(reply_to, None)
-        return _Address(self._topics.admin_reply(command), None)
+    def _error_address(self, message: InboundMessage, command: str, request_id: str | None,
+                       reply_to: str | None) -> ReplyAddress:
+        return error_address(self._topics, message, request_id, reply_to,
+                             default=self._topics.admin_reply(command))
 
-    def _reply(self, address: _Address, body: dict[str, Any]) -> None:
+    def _reply(self, address: ReplyAddress, body: dict[str, Any]) -> None:
         self._publisher.publish(address.topic, encode(body), correlation_data=address.correlation_data)
 
 

@@ -92,14 +92,35 @@ class _InFlight:
     vector: Vector | None = None
 
 
+def reply_address(
+    topics: Topics, message: InboundMessage, reply_to: str | None, default: str,
+) -> ReplyAddress:
+    """Where the answer to a request or an admin command goes: its Response Topic, else its
+    ``reply_to``, else ``default``. An address naming the appliance's own topics (requests,
+    status, admin) is refused, so that a device cannot make the appliance command itself."""
+    if message.response_topic:
+        if topics.is_reserved(message.response_topic):
+            raise FieldError("response_topic", "names a topic of the appliance itself")
+        return ReplyAddress(message.response_topic, message.correlation_data)
+    if reply_to is not None:
+        if topics.is_reserved(reply_to):
+            raise FieldError("reply_to", "names a topic of the appliance itself")
+        return ReplyAddress(reply_to)
+    return ReplyAddress(default)
+
+
 def error_address(
     topics: Topics, message: InboundMessage, request_id: str | None, reply_to: str | None,
+    *, default: str | None = None,
 ) -> ReplyAddress:
-    """Where an error about a request that could not be read in full goes (the best one can)."""
+    """Where an error goes when the request could not be read in full or its address was
+    refused: :func:`reply_address`'s choice less the refused ones (the best one can)."""
     if message.response_topic and not topics.is_reserved(message.response_topic):
         return ReplyAddress(message.response_topic, message.correlation_data)
     if reply_to and not topics.is_reserved(reply_to):
         return ReplyAddress(reply_to)
+    if default is not None:
+        return ReplyAddress(default)
     if request_id:
         return ReplyAddress(topics.reply(request_id))
     return ReplyAddress(topics.errors)
@@ -479,15 +500,7 @@ class Supervisor:
         self._metrics.request_duration.labels(path="error").observe(time.perf_counter() - received_at)
 
     def _reply_address(self, message: InboundMessage, reply_to: str | None, request_id: str) -> ReplyAddress:
-        if message.response_topic:
-            if self._topics.is_reserved(message.response_topic):
-                raise FieldError("response_topic", "names a topic of the appliance itself")
-            return ReplyAddress(message.response_topic, message.correlation_data)
-        if reply_to is not None:
-            if self._topics.is_reserved(reply_to):
-                raise FieldError("reply_to", "names a topic of the appliance itself")
-            return ReplyAddress(reply_to)
-        return ReplyAddress(self._topics.reply(request_id))
+        return reply_address(self._topics, message, reply_to, self._topics.reply(request_id))
 
     def _progress_publisher(self, request_id: str) -> Callable[[int, int], None]:
         topic = self._topics.progress(request_id)
