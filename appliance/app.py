@@ -32,8 +32,8 @@ from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import BrokerChoice, EmbeddedBroker, start_broker
 from appliance.cache.encoded import EncodedClips
-from appliance.cache.match import ReuseJudge, ReuseThresholds
 from appliance.cache.prompt_vectors import PromptVectors
+from appliance.cache.reuse import ReuseJudge, ReuseThresholds
 from appliance.cache.semantic import ClapTextScorer, SemanticCache, Vector, ensure_embedder
 from appliance.cache.store import CacheStore, EmbedderInfo
 from appliance.config import Settings
@@ -209,7 +209,8 @@ class Appliance:
         embedder = PromptEmbedder.from_dir(Path(s.models.embedder) if s.models.embedder else None)
         info = EmbedderInfo(embedder.name, embedder.dimension)
         reembedded = ensure_embedder(self._cache, info, embedder.embed)
-        judge = ReuseJudge(ReuseThresholds(tau_semantic=s.cache.tau_semantic, tau_reuse=s.cache.tau_reuse))
+        tau_reuse = None if s.cache.tau_reuse == "model" else float(s.cache.tau_reuse)
+        judge = ReuseJudge(embedder.embed, ReuseThresholds(s.cache.tau_semantic, tau_reuse))
         clap_check = self._clap_text_check()
         semantic = SemanticCache(self._cache, judge, dimension=embedder.dimension, top_k=s.cache.top_k,
                                  clap_check=clap_check, tau_clap_reuse=s.cache.tau_clap_reuse)

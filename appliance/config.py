@@ -15,7 +15,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,7 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from appliance.cache.match import DEFAULT_THRESHOLDS
+from appliance.cache.reuse import DEFAULT_THRESHOLDS
 from appliance.errors import ConfigError
 
 ENV_PREFIX = "APPLIANCE_"
@@ -149,7 +149,8 @@ class CacheSettings(_Section):
     map_size_bytes: int = Field(default=16 * 1024**3, ge=1024 * 1024)
     semantic: bool = True
     tau_semantic: float = Field(default=DEFAULT_THRESHOLDS.tau_semantic, ge=-1, le=1)
-    tau_reuse: float = Field(default=DEFAULT_THRESHOLDS.tau_reuse, ge=-2, le=2)
+    # "model": the threshold shipped with the reuse model (chosen out of sample)
+    tau_reuse: Annotated[float, Field(ge=0, le=1)] | Literal["model"] = "model"
     top_k: int = Field(default=8, ge=1, le=100)
     duration_tolerance_s: float = Field(default=0.5, ge=0)
     clap_check: Literal["auto", "on", "off"] = "auto"

@@ -57,7 +57,7 @@ from appliance.cache import index as index_module  # noqa: E402
 from appliance.cache import store as store_module  # noqa: E402
 from appliance.cache.index import VectorIndex  # noqa: E402
 from appliance.cache.keys import exact_key, new_item_key  # noqa: E402
-from appliance.cache.match import DEFAULT_THRESHOLDS, ReuseJudge  # noqa: E402
+from appliance.cache.reuse import DEFAULT_THRESHOLDS, ReuseJudge  # noqa: E402
 from appliance.cache.semantic import Compatibility, SemanticCache  # noqa: E402
 from appliance.cache.store import CacheItem, CacheStore  # noqa: E402
 from appliance.models.embedder import PromptEmbedder  # noqa: E402
@@ -183,7 +183,8 @@ def cache_figures(
             fill_s = time.perf_counter() - t0
 
             store = CacheStore(directory)
-            semantic = SemanticCache(store, ReuseJudge(DEFAULT_THRESHOLDS), dimension=real.shape[1], top_k=8)
+            semantic = SemanticCache(store, ReuseJudge(embedder.embed, DEFAULT_THRESHOLDS),
+                                     dimension=real.shape[1], top_k=8)
             t0 = time.perf_counter()
             semantic.sync()  # the rebuild from LMDB a start (or a foreign write) costs
             rebuild_s = time.perf_counter() - t0

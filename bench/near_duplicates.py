@@ -23,15 +23,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from appliance.cache.match import (  # noqa: E402
-    DEFAULT_THRESHOLDS,
-    ReuseJudge,
-    ReuseThresholds,
-    normalise_prompt,
-)
+from appliance.cache.keys import normalise_prompt  # noqa: E402
+from appliance.cache.reuse import DEFAULT_THRESHOLDS, ReuseJudge, ReuseThresholds  # noqa: E402
 from appliance.models.embedder import PromptEmbedder  # noqa: E402
 
-DEFAULT_CSV = REPO.parent / "shared" / "data" / "audiocaps_val.csv"
+DEFAULT_CSV = REPO / "bench" / "data" / "audiocaps_val.csv"
 
 
 def load_captions(path: Path) -> list[str]:
@@ -50,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         "--sample", type=int, default=0, help="print a random sample of this many semantic hits"
     )
     parser.add_argument("--tau-semantic", type=float, default=DEFAULT_THRESHOLDS.tau_semantic)
-    parser.add_argument("--tau-reuse", type=float, default=DEFAULT_THRESHOLDS.tau_reuse)
+    parser.add_argument("--tau-reuse", type=float, default=None,
+                        help="reuse probability threshold (default: the shipped model's)")
     args = parser.parse_args(argv)
 
     captions = load_captions(args.csv)
     thresholds = ReuseThresholds(tau_semantic=args.tau_semantic, tau_reuse=args.tau_reuse)
-    judge = ReuseJudge(thresholds)
     embedder = PromptEmbedder.from_dir()
+    judge = ReuseJudge(embedder.embed, thresholds)
     t0 = time.perf_counter()
     vectors = embedder.embed(captions)
     embed_s = time.perf_counter() - t0
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n = len(captions)
     print(f"captions: {n}  (embedded in {embed_s:.1f} s, {1000 * embed_s / max(n, 1):.1f} ms each)")
-    print(f"thresholds: tau_semantic={thresholds.tau_semantic} tau_reuse={thresholds.tau_reuse}")
+    print(f"thresholds: tau_semantic={thresholds.tau_semantic} tau_reuse={judge.tau_reuse}")
     print(f"exact hits:    {exact:5d}  ({exact / n:.2%})")
     print(f"semantic hits: {semantic:5d}  ({semantic / n:.2%})")
     print(f"generated:     {generated:5d}  ({generated / n:.2%})")

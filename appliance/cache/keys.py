@@ -6,10 +6,24 @@ import hashlib
 import json
 import re
 import secrets
-
-from appliance.cache.match import normalise_prompt
+import unicodedata
 
 ITEM_KEY = re.compile(r"^[0-9a-f]{32}$")
+
+_WS = re.compile(r"\s+")
+_TRAILING_PUNCT = ".,;:!?…。、"
+
+
+def normalise_prompt(prompt: str) -> str:
+    """Unicode NFKC, lowercase, whitespace collapsed, trailing punctuation stripped.
+
+    This defines the exact cache key: it lives here, apart from the reuse decision, so
+    that no lexicon or model change can ever change a key (a changed key orphans every
+    cached clip).
+    """
+    text = unicodedata.normalize("NFKC", prompt).lower()
+    text = _WS.sub(" ", text).strip()
+    return text.rstrip(_TRAILING_PUNCT + " ").strip()
 
 
 def exact_key(prompt: str, *, model: str, duration_s: float, loop: bool) -> str:

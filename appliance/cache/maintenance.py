@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import regex
 
-from appliance.cache.match import normalise_prompt
+from appliance.cache.keys import normalise_prompt
 from appliance.cache.store import CacheItem, CacheStore, write_file_durably
 from appliance.errors import InvalidRequest
 

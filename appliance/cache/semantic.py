@@ -2,9 +2,10 @@
 
 Steps, in order (DESIGN.md): vector candidates (top-k by cosine over the stored prompt
 embeddings, at least ``tau_semantic``) → compatibility (same model and loop flag, duration
-within a tolerance) → the reuse judge (:mod:`appliance.cache.match`) → optionally the CLAP
-check (the new prompt's CLAP text embedding against the candidate's stored CLAP audio
-embedding, at least ``tau_clap_reuse``). The first candidate passing all is the hit.
+within a tolerance; applied before the top-k is cut) → the reuse judge
+(:mod:`appliance.cache.reuse`) → optionally the CLAP check (the new prompt's CLAP text
+embedding against the candidate's stored CLAP audio embedding, at least ``tau_clap_reuse``).
+The first candidate passing all is the hit.
 
 The in-memory index follows the LMDB environment: every write bumps a generation counter;
 a lookup that sees a counter it did not produce itself rebuilds the index from LMDB, so a
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from appliance.cache.index import VectorIndex
-from appliance.cache.match import ReuseJudge
+from appliance.cache.index import Neighbour, VectorIndex
+from appliance.cache.reuse import ReuseJudge
 from appliance.cache.store import CacheItem, CacheStore, EmbedderInfo, PutResult
 from appliance.errors import NotFound
 
@@ -36,8 +37,9 @@ ClapTextScorer = Callable[[str, Vector], float]
 class SemanticHit:
     item: CacheItem
     similarity: float  # prompt-embedding cosine
-    score: float  # the judge's combined score
+    score: float  # the judge's reuse probability
     clap_score: float | None
+    reason: str = ""  # why the judge accepted it (for operators calibrating)
 
 
 @dataclass(frozen=True)
@@ -104,26 +106,47 @@ class SemanticCache:
             log.info("vector index rebuilt", extra={"items": len(keys), "generation": generation})
 
     def find(self, prompt: str, vector: Vector, compatibility: Compatibility) -> SemanticHit | None:
-        """The best reusable item for ``prompt``, or None."""
+        """The best reusable item for ``prompt``, or None.
+
+        The top ``top_k`` are taken among *compatible* items: the search widens until it
+        has that many or runs out of neighbours above ``tau_semantic``, so variants of one
+        prompt at other durations or models can never hide a compatible item behind them.
+        """
         self.sync()
-        tau = self._judge.thresholds.tau_semantic
-        with self._lock:  # added() changes the index in place from the generation thread
-            neighbours = self._index.search(vector, k=self._top_k, min_score=tau)
-        for neighbour in neighbours:
-            try:
-                item = self._store.get(neighbour.key)
-            except NotFound:
-                continue  # deleted since the index saw it
-            if not compatibility.admits(item):
-                continue
+        candidates = self._compatible_neighbours(vector, compatibility)
+        if candidates:
+            self._judge.prefetch(prompt, [item.prompt for _, item in candidates])
+        for neighbour, item in candidates:
             decision = self._judge.decide(prompt, item.prompt, neighbour.score)
+            log.debug("reuse decision", extra={"candidate": item.key, "accept": decision.accept,
+                                               "reason": decision.reason})
             if not decision.accept:
                 continue
             clap_score = self._verify_with_clap(prompt, item)
             if clap_score is not None and clap_score < self._tau_clap_reuse:
                 continue
-            return SemanticHit(item, neighbour.score, decision.score, clap_score)
+            return SemanticHit(item, neighbour.score, decision.score, clap_score, decision.reason)
         return None
+
+    def _compatible_neighbours(
+        self, vector: Vector, compatibility: Compatibility
+    ) -> list[tuple[Neighbour, CacheItem]]:
+        tau = self._judge.thresholds.tau_semantic
+        k = self._top_k
+        while True:
+            with self._lock:  # added() changes the index in place from the generation thread
+                neighbours = self._index.search(vector, k=k, min_score=tau)
+            found: list[tuple[Neighbour, CacheItem]] = []
+            for neighbour in neighbours:
+                try:
+                    item = self._store.get(neighbour.key)
+                except NotFound:
+                    continue  # deleted since the index saw it
+                if compatibility.admits(item):
+                    found.append((neighbour, item))
+            if len(found) >= self._top_k or len(neighbours) < k:
+                return found[: self._top_k]
+            k *= 4
 
     def added(self, key: str, vector: Vector, result: PutResult) -> None:
         """Keep the index in step with our own write (no rebuild unless someone else wrote)."""

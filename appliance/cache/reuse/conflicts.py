@@ -1,0 +1,91 @@
+"""Reasons to refuse outright: the two prompts ask for opposite things on one axis.
+
+Each rule looks only at what differs between the prompts (their residual words), so a
+scale word both prompts share never counts against them. A conflict is a refusal, never
+a penalty: precision first (a missed reuse costs a generation, a wrong one the sound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.cache.reuse.analysis import PromptAnalysis
+from appliance.cache.reuse.lexicon import Lexicon
+
+__all__ = ["SUBSTITUTION_MIN_COSINE", "Similarity", "find_conflicts", "one_sided_scales"]
+
+# One word swapped for one other word, everything else the same: reuse only when the two
+# words are near-synonyms. MiniLM puts synonyms at 0.8-0.96 (fridge/refrigerator 0.96,
+# couch/sofa 0.86, kid/child 0.81) and sounds of one family at 0.4-0.65 (goat/sheep 0.63,
+# barking/howling 0.61, crying/laughing 0.50): between them it cannot tell, so it declines
+# (truck/lorry, 0.54, is a missed reuse: a generation, not a wrong sound).
+SUBSTITUTION_MIN_COSINE = 0.7
+
+# texts_a, texts_b -> cosine matrix (len(texts_a), len(texts_b))
+Similarity = Callable[[Sequence[str], Sequence[str]], npt.NDArray[np.float32]]
+
+
+def find_conflicts(
+    a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon, similarity: Similarity
+) -> list[str]:
+    """Every reason the two prompts cannot share a clip (empty: no conflict)."""
+    reasons: list[str] = []
+    only_a = a.content - b.content
+    only_b = b.content - a.content
+    reasons += _scale_conflicts(a, b, only_a, lexicon)
+    seen = {r.split(":")[0] for r in reasons}
+    reasons += [r for r in _scale_conflicts(b, a, only_b, lexicon) if r.split(":")[0] not in seen]
+    if lexicon.negated(a, only_a) != lexicon.negated(b, only_b):
+        reasons.append("negation on one side only")
+    counts_a, counts_b = lexicon.counts_in(a), lexicon.counts_in(b)
+    if counts_a and counts_b and counts_a != counts_b:
+        reasons.append(f"count {sorted(counts_a)} vs {sorted(counts_b)}")
+    if _reversed_order(a, b, similarity):
+        reasons.append("the same steps in the reverse order")
+    swapped = _single_word_swap(a, b)
+    if swapped and float(similarity([swapped[0]], [swapped[1]])[0, 0]) < SUBSTITUTION_MIN_COSINE:
+        reasons.append(f"substitution: {swapped[0]} vs {swapped[1]}")
+    return reasons
+
+
+def _single_word_swap(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, str] | None:
+    """The two words, when the prompts differ by exactly one content word each."""
+    only_a = [w for w, m in a.content_words if m not in b.content]
+    only_b = [w for w, m in b.content_words if m not in a.content]
+    if len(only_a) == 1 and len(only_b) == 1 and a.content & b.content:
+        return only_a[0], only_b[0]
+    return None
+
+
+def _scale_conflicts(
+    x: PromptAnalysis, y: PromptAnalysis, only_x: frozenset[str], lexicon: Lexicon
+) -> list[str]:
+    """Axes where x's own words name a pole and y names only other poles."""
+    mine = lexicon.poles(x, only_x)
+    theirs = lexicon.poles(y)
+    return [
+        f"{axis}: {'/'.join(sorted(poles))} vs {'/'.join(sorted(theirs[axis]))}"
+        for axis, poles in sorted(mine.items())
+        if axis in theirs and not poles & theirs[axis]
+    ]
+
+
+def one_sided_scales(a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon) -> int:
+    """Axes that one prompt's own words set and the other leaves open ("loud" added)."""
+    only_a = lexicon.poles(a, a.content - b.content)
+    only_b = lexicon.poles(b, b.content - a.content)
+    all_a, all_b = lexicon.poles(a), lexicon.poles(b)
+    return sum(1 for axis in only_a if axis not in all_b) + sum(1 for axis in only_b if axis not in all_a)
+
+
+def _reversed_order(a: PromptAnalysis, b: PromptAnalysis, similarity: Similarity) -> bool:
+    """Both prompts are sequences, and their steps line up in the opposite order."""
+    if len(a.steps) < 2 or len(b.steps) < 2:
+        return False
+    sim = similarity(a.steps, b.steps)
+    first, last = sim[0], sim[-1]
+    # a's first step is most like b's last one, and a's last most like b's first
+    return bool(int(np.argmax(first)) == len(b.steps) - 1 and int(np.argmax(last)) == 0)

@@ -1,0 +1,113 @@
+"""The reuse decision: may the clip made for a cached prompt serve a new prompt?
+
+Finding candidates and judging them are separate steps (as in GPTCache): the vector
+search returns cached prompts whose whole-prompt cosine is at least ``tau_semantic`` (kept
+low: a long paraphrase can sit at 0.55); the judge then decides for each candidate:
+
+1. the same prompt after normalisation: accept;
+2. a conflict (opposite poles of one scale, a count, a negation, reversed steps): refuse;
+3. otherwise the model's probability that the pair may share a clip, against ``tau_reuse``.
+
+Every decision carries its reason and, past step 1, the features behind it, so that an
+operator calibrating on their own prompts can see why a candidate was taken or refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from appliance.cache.keys import normalise_prompt
+from appliance.cache.reuse.analysis import analyse_prompt, residual
+from appliance.cache.reuse.conflicts import find_conflicts
+from appliance.cache.reuse.features import Embed, EmbeddingMemo, PairFeatures, pair_features
+from appliance.cache.reuse.lexicon import Lexicon, default_lexicon
+from appliance.cache.reuse.model import ReuseModel, default_model
+
+__all__ = ["DEFAULT_THRESHOLDS", "ReuseDecision", "ReuseJudge", "ReuseThresholds"]
+
+
+@dataclass(frozen=True)
+class ReuseThresholds:
+    """``tau_semantic``: least whole-prompt cosine for a candidate to be judged at all.
+    ``tau_reuse``: least model probability to accept (None: the shipped model's own)."""
+
+    tau_semantic: float
+    tau_reuse: float | None = None
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.tau_semantic <= 1.0:
+            raise ValueError(f"tau_semantic must be in [-1, 1], got {self.tau_semantic}")
+        if self.tau_reuse is not None and not 0.0 <= self.tau_reuse <= 1.0:
+            raise ValueError(f"tau_reuse must be in [0, 1], got {self.tau_reuse}")
+
+
+# 0.45: below every long paraphrase in the labelled pairs (docs/cache.md); the model does the rest.
+DEFAULT_THRESHOLDS = ReuseThresholds(tau_semantic=0.45)
+
+
+@dataclass(frozen=True)
+class ReuseDecision:
+    """The judge's answer for one (new prompt, candidate) pair."""
+
+    accept: bool
+    score: float  # the model's probability (1.0 for the same prompt, 0.0 on a conflict)
+    cosine: float
+    reason: str
+    conflicts: tuple[str, ...] = ()
+    features: PairFeatures | None = field(default=None, compare=False)
+
+
+class ReuseJudge:
+    """Decides whether a candidate's clip may serve a new prompt. Symmetric in the two."""
+
+    def __init__(
+        self,
+        embed: Embed,
+        thresholds: ReuseThresholds = DEFAULT_THRESHOLDS,
+        *,
+        model: ReuseModel | None = None,
+        lexicon: Lexicon | None = None,
+    ) -> None:
+        self.model = model or default_model()
+        self.lexicon = lexicon or default_lexicon()
+        self.thresholds = thresholds
+        self._memo = EmbeddingMemo(embed)
+
+    @property
+    def tau_reuse(self) -> float:
+        t = self.thresholds.tau_reuse
+        return self.model.threshold if t is None else t
+
+    def prefetch(self, new_prompt: str, candidate_prompts: list[str]) -> None:
+        """Embed every phrase that judging these candidates will need, in one batch.
+
+        Optional: :meth:`decide` embeds what is missing itself, one call per candidate.
+        """
+        a = analyse_prompt(new_prompt)
+        texts: list[str] = list(a.clauses) + (list(a.steps) if len(a.steps) > 1 else [])
+        for prompt in candidate_prompts:
+            b = analyse_prompt(prompt)
+            res_a, res_b = residual(a, b), residual(b, a)
+            if res_a or res_b:
+                texts += [res_a or a.text, res_b or b.text]
+            texts += list(b.clauses) + (list(b.steps) if len(b.steps) > 1 else [])
+        self._memo.vectors(texts)
+
+    def decide(self, new_prompt: str, candidate_prompt: str, cosine: float) -> ReuseDecision:
+        """Accept or refuse serving ``candidate_prompt``'s clip for ``new_prompt``."""
+        cos = float(cosine)
+        if normalise_prompt(new_prompt) == normalise_prompt(candidate_prompt):
+            return ReuseDecision(True, 1.0, cos, "same prompt after normalisation")
+        if cos < self.thresholds.tau_semantic:
+            return ReuseDecision(
+                False, 0.0, cos, f"cosine {cos:.3f} below tau_semantic {self.thresholds.tau_semantic:.3f}"
+            )
+        a, b = analyse_prompt(new_prompt), analyse_prompt(candidate_prompt)
+        conflicts = tuple(find_conflicts(a, b, self.lexicon, self._memo.similarity))
+        if conflicts:
+            return ReuseDecision(False, 0.0, cos, "conflict: " + "; ".join(conflicts), conflicts)
+        features = pair_features(a, b, cos, self._memo, self.lexicon)
+        p = self.model.probability(features)
+        verdict = ">=" if p >= self.tau_reuse else "below"
+        reason = f"reuse probability {p:.3f} {verdict} tau_reuse {self.tau_reuse:.3f}"
+        return ReuseDecision(p >= self.tau_reuse, p, cos, reason, (), features)

@@ -1,0 +1,221 @@
+"""The semantic reuse decision, with the real MiniLM embedder and the shipped model.
+
+The pairs here are written for these tests (none comes from the labelled dev files), so
+that a change which only fits those files cannot pass them by construction.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.cache.keys import exact_key, new_item_key, normalise_prompt
+from appliance.cache.reuse import ReuseJudge, ReuseThresholds
+from appliance.cache.reuse.analysis import analyse_prompt, residual
+from appliance.cache.reuse.features import PairFeatures
+from appliance.cache.reuse.lexicon import DATA_DIR, default_lexicon
+from appliance.cache.reuse.model import MODEL_PATH, default_model
+from appliance.cache.semantic import Compatibility, SemanticCache
+from appliance.cache.store import CacheItem, CacheStore
+from appliance.models.embedder import PromptEmbedder
+
+
+@pytest.fixture(scope="module")
+def embedder() -> PromptEmbedder:
+    return PromptEmbedder.from_dir()
+
+
+@pytest.fixture(scope="module")
+def judge(embedder: PromptEmbedder) -> ReuseJudge:
+    return ReuseJudge(embedder.embed)
+
+
+def decide(judge: ReuseJudge, embedder: PromptEmbedder, a: str, b: str):  # type: ignore[no-untyped-def]
+    va, vb = embedder.embed([a, b])
+    return judge.decide(a, b, float(va @ vb))
+
+
+def test_normalise_prompt_is_the_exact_key_rule() -> None:
+    assert normalise_prompt("  A Dog   Barking!! ") == "a dog barking"
+    assert normalise_prompt("Rain\ton\na roof.") == "rain on a roof"
+    assert normalise_prompt("ＲＡＩＮ") == "rain"  # NFKC folds full-width letters
+    assert normalise_prompt("a café…") == "a café"
+    once = normalise_prompt("  Some   PROMPT. ")
+    assert normalise_prompt(once) == once
+    assert exact_key("A dog barking.", model="m", duration_s=4, loop=False) == exact_key(
+        "a dog barking", model="m", duration_s=4, loop=False)
+
+
+def test_the_exact_key_does_not_depend_on_the_reuse_decision() -> None:
+    """No lexicon or model change may ever change a cache key: keys.py must not import them."""
+    code = ("import sys, appliance.cache.keys; "
+            "bad = [m for m in sys.modules if m.startswith('appliance.cache.reuse')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(("a", "b", "axis"), [
+    ("a church bell ringing loudly in the square", "a church bell ringing softly in the square", "loudness"),
+    ("a motorbike revving far away on a country road", "a motorbike revving close by on a country road",
+     "distance"),
+    ("a woodpecker tapping slowly on a tree trunk", "a woodpecker tapping rapidly on a tree trunk", "rate"),
+    ("a kettle on the stove at dawn", "a kettle on the stove at midnight", "time_of_day"),
+    ("a man coughing in a waiting room", "a woman coughing in a waiting room", "gender"),
+])
+def test_opposite_poles_of_one_scale_are_refused(judge: ReuseJudge, embedder: PromptEmbedder,
+                                                 a: str, b: str, axis: str) -> None:
+    decision = decide(judge, embedder, a, b)
+    assert not decision.accept
+    assert any(c.startswith(axis) for c in decision.conflicts), decision.reason
+    assert decision.cosine > 0.75  # whole-prompt cosine alone would have reused it
+
+
+def test_counts_negation_and_reversed_steps_are_refused(judge: ReuseJudge, embedder: PromptEmbedder) -> None:
+    count = decide(judge, embedder, "a clock chiming twice in a hallway",
+                   "a clock chiming five times in a hallway")
+    assert not count.accept and any(c.startswith("count") for c in count.conflicts)
+    negation = decide(judge, embedder, "a barn at night with owls hooting",
+                      "a barn at night with no owls hooting")
+    assert not negation.accept and "negation on one side only" in negation.conflicts
+    order = decide(judge, embedder, "a car door slams, then an engine starts",
+                   "an engine starts, then a car door slams")
+    assert not order.accept and "the same steps in the reverse order" in order.conflicts
+
+
+def test_words_both_prompts_share_never_conflict(judge: ReuseJudge, embedder: PromptEmbedder) -> None:
+    """A scale word on both sides, or a particle such as "up", is no reason to refuse."""
+    decision = decide(judge, embedder, "a quiet library with pages turning slowly",
+                      "pages turning slowly in a quiet library")
+    assert decision.conflicts == ()
+    particles = decide(judge, embedder, "workers packing up a stall at a market",
+                       "traders taking down their market stall")
+    assert particles.conflicts == ()
+
+
+def test_same_prompt_after_normalisation_is_reused(judge: ReuseJudge) -> None:
+    decision = judge.decide("Rain on a tin roof.", "rain on a  tin roof", 0.99)
+    assert decision.accept and decision.reason == "same prompt after normalisation"
+
+
+def test_a_reworded_prompt_is_reused_and_a_changed_sound_is_not(judge: ReuseJudge,
+                                                                embedder: PromptEmbedder) -> None:
+    reworded = decide(judge, embedder, "a dog barking in the distance", "a dog barks far away")
+    assert reworded.accept, reworded.reason
+    assert reworded.features is not None and "reuse probability" in reworded.reason
+    other_source = decide(judge, embedder, "a goat bleating in a farmyard", "a sheep bleating in a farmyard")
+    assert not other_source.accept, other_source.reason
+    other_event = decide(judge, embedder, "a baby crying in a nursery", "a baby laughing in a nursery")
+    assert other_event.conflicts == ("substitution: crying vs laughing",)
+    synonym = decide(judge, embedder, "a refrigerator humming in a kitchen", "a fridge humming in a kitchen")
+    assert synonym.accept, synonym.reason
+    unrelated = decide(judge, embedder, "a dog barking in the distance", "a cat meowing")
+    assert not unrelated.accept
+
+
+def test_long_prompt_with_one_event_swapped_is_not_reused(judge: ReuseJudge,
+                                                          embedder: PromptEmbedder) -> None:
+    a = ("an old orchard at noon with bees humming close by and a tractor working in a far field")
+    b = ("an old orchard at noon with bees humming close by and a chainsaw working in a far field")
+    decision = decide(judge, embedder, a, b)
+    assert decision.cosine > 0.85
+    assert not decision.accept, decision.reason
+
+
+def test_the_decision_is_symmetric(judge: ReuseJudge, embedder: PromptEmbedder) -> None:
+    for a, b in [("a dog barking in the distance", "a dog barks far away"),
+                 ("a train horn far away at night", "a train horn right next to you at night")]:
+        assert decide(judge, embedder, a, b).accept == decide(judge, embedder, b, a).accept
+
+
+def test_a_stricter_tau_reuse_refuses_what_the_default_accepts(embedder: PromptEmbedder) -> None:
+    a, b = "a dog barking in the distance", "a dog barks far away"
+    default = decide(ReuseJudge(embedder.embed), embedder, a, b)
+    strict = decide(ReuseJudge(embedder.embed, ReuseThresholds(0.45, min(1.0, default.score + 1e-6))),
+                    embedder, a, b)
+    assert default.accept and not strict.accept
+
+
+def test_residual_is_what_one_prompt_says_and_the_other_does_not() -> None:
+    a = analyse_prompt("a cafe terrace on a sunny afternoon with cups clinking")
+    b = analyse_prompt("a cafe terrace on a rainy afternoon with cups clinking")
+    assert residual(a, b) == "sunny" and residual(b, a) == "rainy"
+    assert analyse_prompt("Dogs barking, then a door slams").steps == ("dogs barking", "a door slams")
+
+
+def test_lexicon_and_model_are_data_files_with_provenance() -> None:
+    raw = (DATA_DIR / "scales.toml").read_text(encoding="utf-8")
+    assert raw.startswith("# Scales of a sound scene") and "Provenance:" in raw
+    for axis, poles in default_lexicon().axes.items():
+        assert len(poles) >= 2, axis
+        names = list(poles)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                assert not poles[first] & poles[second], (axis, first, second)
+    tomllib.loads(raw)
+    model = default_model()
+    assert list(model.features) == PairFeatures.names()
+    assert 0.0 < model.threshold < 1.0
+    assert model.provenance["trained_by"] == "bench/reuse_train.py"
+    assert "out_of_sample_worst" in model.provenance
+    assert MODEL_PATH.stat().st_size < 64 * 1024  # a data file of weights, not a download
+
+
+def _item(prompt: str, *, duration: float, model: str = "m") -> CacheItem:
+    return CacheItem(
+        key=new_item_key(), exact_key=exact_key(prompt, model=model, duration_s=duration, loop=False),
+        prompt=prompt, model=model, duration_s=duration, requested_duration_s=duration, is_loop=False,
+        steps=4, guidance_scale=4.5, candidates=1, seed=None, sample_rate=44100, channels=2,
+        audio_format="wav", audio_bytes=0, generation_timestamp=1.8e9, generation_s=0.1,
+        clap_similarity=None, hits=0, last_hit_timestamp=None,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CacheStore]:
+    s = CacheStore(tmp_path / "cache")
+    yield s
+    s.close()
+
+
+def test_a_compatible_item_behind_many_incompatible_variants_is_found(
+    store: CacheStore, embedder: PromptEmbedder
+) -> None:
+    """Compatibility is applied before the top-k is cut (variants at other durations)."""
+    prompt = "rain falling on a tin roof"
+    vector = embedder.embed([prompt])[0]
+    for i in range(12):  # the same prompt at other lengths: the nearest vectors of all
+        store.put(_item(prompt, duration=10.0 + i), b"x", max_items=100, max_bytes=10**9,
+                  prompt_vector=vector)
+    wanted = _item("the patter of rain falling on a tin roof", duration=4.0)
+    store.put(wanted, b"x", max_items=100, max_bytes=10**9,
+              prompt_vector=embedder.embed([wanted.prompt])[0])
+    accept_all = ReuseJudge(embedder.embed, ReuseThresholds(0.45, 0.0))  # retrieval is under test
+    semantic = SemanticCache(store, accept_all, dimension=embedder.dimension, top_k=8)
+    hit = semantic.find(prompt, vector, Compatibility(model="m", loop=False, duration_s=4.0,
+                                                      duration_tolerance_s=0.5))
+    assert hit is not None and hit.item.key == wanted.key, hit
+    assert hit.reason
+
+
+def test_decision_cost_per_candidate_is_one_small_embedding(embedder: PromptEmbedder) -> None:
+    """prefetch() embeds every phrase of every candidate at once; decide() then embeds nothing."""
+    calls: list[int] = []
+
+    def counting(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return embedder.embed(texts)
+
+    counted = ReuseJudge(counting)
+    new = "a kettle whistling on a gas stove"
+    candidates = ["a kettle whistles on the hob", "a pan sizzling on a gas stove", "a kettle boiling"]
+    counted.prefetch(new, candidates)
+    assert len(calls) == 1
+    for c in candidates:
+        counted.decide(new, c, 0.8)
+    assert len(calls) == 1
