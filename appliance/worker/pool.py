@@ -167,15 +167,6 @@ class WorkerPool:
     def ready_count(self) -> int:
         return sum(state.state in ("ready", "busy") for state in self._states)
 
-    def wait_ready(self, timeout_s: float) -> bool:
-        """Wait until at least one worker is ready (or all have failed)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.ready_count() or all(s.state == "failed" for s in self._states):
-                return self.ready_count() > 0
-            time.sleep(0.05)
-        return False
-
     def states(self) -> list[dict[str, Any]]:
         return [state.as_dict() for state in self._states]
 
