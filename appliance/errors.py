@@ -76,6 +76,12 @@ class CacheFull(CacheError):
     code = "cache_full"
 
 
+class CacheUnavailable(CacheError):
+    """The shared cache database (PostgreSQL) cannot be reached; the node serves what it holds."""
+
+    code = "cache_unavailable"
+
+
 class ModelError(ApplianceError):
     """A model directory is missing files, or its files cannot be loaded."""
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real mosquitto broker, the tiny model, a real `appliance serve`."""
+"""Shared fixtures: a real mosquitto broker, a private PostgreSQL, the tiny model, a real `appliance serve`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.pg_server import PostgresServer, fresh_database
 from appliance.testing import BrokerProcess, ServiceProcess, service_sections
 
 Broker = BrokerProcess
@@ -40,3 +41,17 @@ def service(tmp_path: Path, broker: BrokerProcess, models_dir: Path) -> Iterator
         yield svc
     finally:
         svc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL (initdb in a temp dir, 127.0.0.1, free port), shared by the session."""
+    server = PostgresServer.create()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server; dropped afterwards."""
+    yield from fresh_database(postgres_server)
