@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "audiogen_cache"
 _EVICT_LOCK = 0x617564696F67  # advisory lock id: one evicting node at a time
 _SCHEMA_LOCK = 0x617564696F68  # two nodes creating the schema at once
+_PING_AFTER_S = 1.0  # a connection idle this long is checked before use
 _KEEP_CHANGES = 100_000  # generations of change log kept; an older node reloads everything
 _T = TypeVar("_T")
 Vector = npt.NDArray[np.float32]
@@ -74,6 +76,8 @@ CREATE TABLE IF NOT EXISTS cache_changes (
     generation bigint NOT NULL, key text NOT NULL, op char(1) NOT NULL,
     PRIMARY KEY (generation, key));
 """
+_ENTRIES = ("SELECT i.item, i.prompt_vector, i.clap_vector, e.key IS NOT NULL FROM cache_items i"
+            " LEFT JOIN cache_exact e ON e.key = i.key")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class StoredEntry:
     item: CacheItem
     prompt_vector: Vector | None
     clap_vector: Vector | None
+    exact: bool  # whether its exact key points at it (a forced regeneration re-points it)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class PgCacheStore:
         self._dsn = dsn
         self._connect_timeout_s = connect_timeout_s
         self._conn: psycopg.Connection[Any] | None = None
+        self._used_at = 0.0
         self._lock = threading.RLock()
         self._hits = PendingHits()
         try:
@@ -328,7 +334,7 @@ class PgCacheStore:
         def read(cur: Cursor) -> ChangeSet:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             generation = _lock_state(cur, lock=False)[0]
-            rows = cur.execute("SELECT item, prompt_vector, clap_vector FROM cache_items").fetchall()
+            rows = cur.execute(_ENTRIES).fetchall()
             return ChangeSet(generation, [_entry(row) for row in rows], [])
 
         return self._read(read)
@@ -352,8 +358,7 @@ class PgCacheStore:
             if any(op == "r" for _, op in changes):
                 return None
             touched = list(dict.fromkeys(key for key, _ in changes))
-            rows = cur.execute("SELECT item, prompt_vector, clap_vector FROM cache_items"
-                               " WHERE key = ANY(%s)", (touched,)).fetchall()
+            rows = cur.execute(_ENTRIES + " WHERE i.key = ANY(%s)", (touched,)).fetchall()
             written = [_entry(row) for row in rows]
             present = {entry.item.key for entry in written}
             return ChangeSet(now, written, [key for key in touched if key not in present])
@@ -387,15 +392,15 @@ class PgCacheStore:
         return data
 
     def _read(self, body: Callable[[Cursor], _T]) -> _T:
-        return self._transaction(body)
+        return self._transaction(body, ping=False)
 
     def _write(self, body: Callable[[Cursor], _T]) -> _T:
-        return self._transaction(body)
+        return self._transaction(body, ping=True)
 
-    def _transaction(self, body: Callable[[Cursor], _T]) -> _T:
+    def _transaction(self, body: Callable[[Cursor], _T], *, ping: bool) -> _T:
         with self._lock:
             try:
-                conn = self._connection()
+                conn = self._connection(ping)
                 with conn.transaction(), conn.cursor() as cur:
                     return body(cur)
             except psycopg.OperationalError as exc:
@@ -404,9 +409,20 @@ class PgCacheStore:
             except psycopg.Error as exc:
                 raise CacheError(f"cache database error: {exc}") from exc
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
-            return self._conn
+    def _connection(self, ping: bool) -> psycopg.Connection[Any]:
+        """The open connection, pinged first before a write or after a while idle, so that a
+        database restarted meanwhile costs a reconnect rather than a lost write."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            if not ping and time.monotonic() - self._used_at < _PING_AFTER_S:
+                self._used_at = time.monotonic()
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                self._used_at = time.monotonic()
+                return conn
+            except psycopg.OperationalError:
+                pass
         self._drop_connection()
         conn = psycopg.connect(self._dsn, autocommit=True, application_name="appliance",
                                connect_timeout=max(1, round(self._connect_timeout_s)))
@@ -414,6 +430,7 @@ class PgCacheStore:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             cur.execute(_SCHEMA)
         self._conn = conn
+        self._used_at = time.monotonic()
         return conn
 
     def _drop_connection(self) -> None:
@@ -459,7 +476,7 @@ def _log_changes(cur: Cursor, generation: int, changes: list[tuple[str, str]]) -
 
 def _entry(row: tuple[Any, ...]) -> StoredEntry:
     return StoredEntry(_item(row[0]), _vector(row[1]) if row[1] is not None else None,
-                       _vector(row[2]) if row[2] is not None else None)
+                       _vector(row[2]) if row[2] is not None else None, bool(row[3]))
 
 
 def _item(raw: dict[str, Any]) -> CacheItem:
