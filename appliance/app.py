@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import BrokerChoice, EmbeddedBroker, start_broker
+from appliance.cache.backend import open_store
 from appliance.cache.encoded import EncodedClips
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.reuse import ReuseJudge, ReuseThresholds
@@ -129,7 +130,7 @@ class Appliance:
             )
         self._instance = InstanceLock.acquire(s.cache.dir.parent)
         self._broker, self._broker_choice = start_broker(s.broker, s.cache.dir.parent / "broker")
-        self._cache = CacheStore(s.cache.dir, map_size_bytes=s.cache.map_size_bytes)
+        self._cache = open_store(s.cache, service=True)  # LMDB, or the fleet's PostgreSQL
         self._cache.sweep()
         # FLAC, Ogg Opus and MP3 copies of cached clips, kept within a quarter of the cache's cap
         encoded = EncodedClips(self._cache, max_bytes=s.cache.max_bytes // 4)

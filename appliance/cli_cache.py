@@ -202,10 +202,10 @@ def _with_dispatcher(
     call: Callable[[AdminDispatcher], dict[str, Any] | int], render: Renderer,
 ) -> int:
     """Open the store, run ``call``, close the store, print; errors become exit codes."""
-    from appliance.cache.store import CacheStore
+    from appliance.cache.backend import open_store
 
     try:
-        store = CacheStore(settings.cache.dir, map_size_bytes=settings.cache.map_size_bytes)
+        store = open_store(settings.cache)  # LMDB, or the fleet's PostgreSQL: every node's cache
         try:
             result = call(AdminDispatcher(store))
         finally:

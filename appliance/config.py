@@ -156,6 +156,17 @@ class CacheSettings(_Section):
     clap_check: Literal["auto", "on", "off"] = "auto"
     tau_clap_reuse: float = Field(default=0.3, ge=-1, le=1)
     max_pending_lookups: int = Field(default=256, ge=1)
+    # "postgres": one store shared by a fleet (docs/fleet.md); "lmdb": this node alone
+    backend: Literal["lmdb", "postgres"] = "lmdb"
+    postgres_dsn: str = Field(default="", validate_default=True)
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _dsn_for_postgres(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("backend") == "postgres" and not value:
+            raise ValueError('cache.backend = "postgres" needs cache.postgres_dsn '
+                             '(e.g. "postgresql://appliance@db.example/appliance")')
+        return value
 
 
 class GenerationSettings(_Section):

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real mosquitto broker, a private PostgreSQL, the tiny model, a real `appliance serve`."""
+"""Shared fixtures: a real mosquitto, a private PostgreSQL, the tiny model, a real `appliance serve`."""
 
 from __future__ import annotations
 
@@ -55,3 +55,11 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
     """A fresh, empty database on the session's server; dropped afterwards."""
     yield from fresh_database(postgres_server)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL for one test alone (one that kills it with -9)."""
+    server = PostgresServer.create()
+    yield server
+    server.remove()

@@ -6,10 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from appliance.cache.pg_store import PgCacheStore
 from appliance.pg_server import PostgresServer
@@ -34,17 +31,10 @@ _WRITER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    server = PostgresServer.create()
-    yield server
-    server.remove()
-
-
 def test_kill_9_during_writes_loses_no_acknowledged_item_and_leaves_none_half_written(
-    own_server: PostgresServer, tmp_path: Path
+    own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    writer = subprocess.Popen([sys.executable, "-c", _WRITER, own_server.dsn, str(tmp_path / "w")],
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, own_postgres.dsn, str(tmp_path / "w")],
                               stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     assert writer.stdout is not None
     acknowledged: dict[str, int] = {}
@@ -52,7 +42,7 @@ def test_kill_9_during_writes_loses_no_acknowledged_item_and_leaves_none_half_wr
         key, count = line.split()
         acknowledged[key] = int(count)
         if len(acknowledged) == 60:
-            own_server.kill()
+            own_postgres.kill()
             break
     tail = writer.stdout.read()
     writer.wait(timeout=60)
@@ -62,8 +52,8 @@ def test_kill_9_during_writes_loses_no_acknowledged_item_and_leaves_none_half_wr
             acknowledged[key] = int(count)
     assert "failed cache_unavailable" in tail  # the writer saw the database go, as a typed error
 
-    own_server.start()
-    store = PgCacheStore(own_server.dsn, tmp_path / "reader", local_audio_bytes=1 << 30)
+    own_postgres.start()
+    store = PgCacheStore(own_postgres.dsn, tmp_path / "reader", local_audio_bytes=1 << 30)
     try:
         report = store.verify()
         assert not report.damaged, json.dumps(report.__dict__)

@@ -120,3 +120,26 @@ def test_the_sweep_removes_local_files_that_no_item_names(pg: PgCacheStore) -> N
     assert pg.verify().orphan_files == ["f" * 32 + ".wav"]
     assert pg.sweep() == (1, 0)
     assert pg.verify().ok and pg.audio_path(item.key).is_file()
+
+
+def test_the_configuration_chooses_the_backend_and_postgres_needs_a_dsn(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    from pydantic import ValidationError
+
+    from appliance.cache.backend import open_store
+    from appliance.cache.store import CacheStore
+    from appliance.config import CacheSettings
+
+    with pytest.raises(ValidationError, match="postgres_dsn"):
+        CacheSettings.model_validate({"backend": "postgres"})
+    lmdb_store = open_store(CacheSettings.model_validate({"dir": str(tmp_path / "l")}))
+    assert type(lmdb_store) is CacheStore
+    lmdb_store.close()
+    settings = CacheSettings.model_validate(
+        {"dir": str(tmp_path / "p"), "backend": "postgres", "postgres_dsn": postgres_dsn})
+    store = open_store(settings)
+    try:
+        assert isinstance(store, PgCacheStore) and store.totals().items == 0
+    finally:
+        store.close()

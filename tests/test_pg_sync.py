@@ -62,30 +62,23 @@ def test_a_removal_on_one_node_is_seen_on_the_other(nodes: tuple[FleetCache, Fle
     assert a.prompt_vectors()[0] == [other.key]
 
 
-@pytest.fixture
-def own_server() -> Iterator[PostgresServer]:
-    server = PostgresServer.create()
-    yield server
-    server.remove()
-
-
 def test_without_the_database_a_node_serves_what_it_holds_and_catches_up_after(
-    own_server: PostgresServer, tmp_path: Path
+    own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    a = FleetCache(own_server.dsn, tmp_path / "a", local_audio_bytes=64 * MB, reconnect_s=8.0)
-    writer = PgCacheStore(own_server.dsn, tmp_path / "w", local_audio_bytes=64 * MB)
+    a = FleetCache(own_postgres.dsn, tmp_path / "a", local_audio_bytes=64 * MB, reconnect_s=8.0)
+    writer = PgCacheStore(own_postgres.dsn, tmp_path / "w", local_audio_bytes=64 * MB)
     try:
         held, removed = make_item("wind"), make_item("surf")
         for i in (held, removed):
             a.put(i, b"held-clip", max_items=10, max_bytes=10**9, prompt_vector=np.ones(8, np.float32))
-        own_server.kill()
+        own_postgres.kill()
         wait_for(lambda: not a.connected.is_set())
         found = a.lookup_exact(held.exact_key)
         assert found is not None and a.read_audio(found) == b"held-clip"
         assert a.audio_path(held.key).is_file() and a.prompt_vectors()[0] == sorted([held.key, removed.key])
         with pytest.raises(CacheUnavailable):
             a.put(make_item("new"), b"x", max_items=10, max_bytes=10**9)
-        own_server.start()
+        own_postgres.start()
         added = make_item("written while the node was away")
         writer.put(added, b"new-clip", max_items=10, max_bytes=10**9, prompt_vector=np.ones(8, np.float32))
         writer.delete([removed.key])
