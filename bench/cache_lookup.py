@@ -12,7 +12,7 @@
    for reference, and whether every top-1 equals brute force's.
 3. ``--crossover``: pruned search against brute force at 10 k - 100 k rows.
 
-Data. Prompts and queries are AudioCaps captions (``../shared/data/audiocaps_val.csv``),
+Data. Prompts and queries are AudioCaps captions (``bench/data/audiocaps_val.csv``),
 embedded with the shipped MiniLM; 300 are held out as queries, the rest go into the cache.
 Past those, items are synthetic: a real caption's embedding plus Gaussian noise drawn with
 the real embeddings' covariance (so the spectrum is the real one, not isotropic), scale
@@ -63,7 +63,7 @@ from appliance.cache.store import CacheItem, CacheStore  # noqa: E402
 from appliance.models.embedder import PromptEmbedder  # noqa: E402
 
 Matrix = npt.NDArray[np.float32]
-DEFAULT_CSV = REPO.parent / "shared" / "data" / "audiocaps_val.csv"
+DEFAULT_CSV = REPO / "bench" / "data" / "audiocaps_val.csv"
 MODEL = "bench-model"
 DURATION_S = 5.0
 AUDIO = b"RIFF" + bytes(60)  # the bytes are never decoded; their size does not matter here

@@ -48,7 +48,7 @@ from appliance.cache.reuse.lexicon import default_lexicon  # noqa: E402
 from appliance.cache.reuse.model import MODEL_PATH, ReuseModel  # noqa: E402
 from appliance.models.embedder import PromptEmbedder  # noqa: E402
 
-TARGET_PRECISION = 0.99  # inside the training data (held-out folds); the floor out of sample is 0.97
+TARGET_PRECISION = 0.98  # inside the training data (held-out folds); the floor out of sample is 0.97
 AUDIOCAPS_SAMPLE = 900
 GENERATED_WEIGHT = 0.6  # all generated pairs together weigh 0.6x the labelled ones
 L2 = 1.0
@@ -61,8 +61,12 @@ SIGNS = {"cosine": 1, "residual_cosine": 1, "clause_cover": 1, "clause_worst": 1
 @dataclass(frozen=True)
 class Row:
     pair: Pair
-    conflict: bool
+    conflicts: tuple[str, ...]
     x: npt.NDArray[np.float64]
+
+    @property
+    def conflict(self) -> bool:
+        return bool(self.conflicts)
 
 
 def featurise(pairs: list[Pair], embedder: PromptEmbedder) -> list[Row]:
@@ -75,8 +79,8 @@ def featurise(pairs: list[Pair], embedder: PromptEmbedder) -> list[Row]:
     for p in pairs:
         a, b = analyse_prompt(p.a), analyse_prompt(p.b)
         cosine = float(whole[p.a] @ whole[p.b])
-        conflict = bool(find_conflicts(a, b, lexicon, memo.similarity))
-        rows.append(Row(p, conflict, pair_features(a, b, cosine, memo, lexicon).vector()))
+        conflicts = tuple(find_conflicts(a, b, lexicon, memo.similarity))
+        rows.append(Row(p, conflicts, pair_features(a, b, cosine, memo, lexicon).vector()))
     return rows
 
 
@@ -125,11 +129,17 @@ def _threshold(scores: npt.NDArray[np.float64], y: npt.NDArray[np.bool_]) -> flo
     return 0.995
 
 
+def _trainable(row: Row) -> bool:
+    return all(reason.startswith("substitution") for reason in row.conflicts)
+
+
 def fit(labelled: list[Row], generated: list[Row], provenance: dict[str, object] | None = None) -> ReuseModel:
-    """A model on the pairs without a conflict; its threshold from 5-fold held-out predictions
-    on the labelled pairs (generated pairs only ever train)."""
-    lab = [r for r in labelled if not r.conflict]
-    gen = [r for r in generated if not r.conflict]
+    """A model on the pairs the scale, count, negation and order rules let through (their
+    differences are outside what the features see), single-word swaps included: they teach
+    what "alike but different" looks like. Its threshold comes from 5-fold held-out
+    predictions on those labelled pairs (generated pairs only ever train)."""
+    lab = [r for r in labelled if _trainable(r)]
+    gen = [r for r in generated if _trainable(r)]
     rows = lab + gen
     x = np.stack([r.x for r in rows])
     y = np.array([r.pair.label for r in rows])
