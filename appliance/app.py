@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import BrokerChoice, EmbeddedBroker, start_broker
-from appliance.cache.backend import open_store
+from appliance.cache.backend import database_connected, open_store
 from appliance.cache.encoded import EncodedClips
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.reuse import ReuseJudge, ReuseThresholds
@@ -139,6 +139,7 @@ class Appliance:
         self.metrics.cache_max_items.set(s.cache.max_items)
         self.metrics.cache_max_bytes.set(s.cache.max_bytes)
         self.metrics.queue_capacity.set(s.workers.queue_size)
+        self.metrics.cache_database_up.set_function(lambda: self._database_state() is not False)
         self._pool = WorkerPool(s, self.metrics)
         self._pool.start()
         self._http = HttpServer(
@@ -341,6 +342,9 @@ class Appliance:
             notes.append("random-weight CLAP scorer: clap_similarity means nothing, so the quality "
                          "gate and the CLAP check of semantic hits are off unless forced on "
                          "(set models.clap to a directory of real LAION-CLAP weights)")
+        if self._database_state() is False:
+            notes.append("the cache database is unreachable: hits come from this node's mirror, "
+                         "new clips are delivered but not stored (docs/fleet.md)")
         return notes
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -356,8 +360,13 @@ class Appliance:
             reasons.append("cache not open")
         if self._pool is None or self._pool.ready_count() == 0:
             reasons.append("no worker ready")
-        body: dict[str, Any] = {"status": "ready" if not reasons else "not_ready",
+        database = self._database_state()
+        status = "not_ready" if reasons else "degraded" if database is False else "ready"
+        body: dict[str, Any] = {"status": status,
                                 "reasons": reasons,
+                                "cache": {"backend": self.settings.cache.backend} | (
+                                    {} if database is None else
+                                    {"database": "connected" if database else "lost"}),
                                 "broker": self._broker_choice.describe() if self._broker_choice else {},
                                 "workers": self._pool.states() if self._pool else [],
                                 "model_tiny": self.settings.models.uses_tiny,
@@ -365,6 +374,10 @@ class Appliance:
                                 "wyoming": self._wyoming.status() if self._wyoming else {"enabled": False},
                                 "notes": self.notes()}
         return not reasons, body
+
+    def _database_state(self) -> bool | None:
+        """The fleet cache's database connection; None with LMDB (or before the cache opens)."""
+        return None if self._cache is None else database_connected(self._cache)
 
     def _shutdown(self) -> None:
         log.info("draining")

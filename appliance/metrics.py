@@ -96,6 +96,11 @@ class Metrics:
             "audiogen_cache_store_failures_total", "Results that could not be cached.",
             registry=r,
         )
+        self.cache_database_up = Gauge(
+            "audiogen_cache_database_up",
+            "1 while this node holds its connection to the fleet's cache database "
+            "(cache.backend = postgres); always 1 for the embedded LMDB store.", registry=r,
+        )
         self.worker_up = Gauge(
             "audiogen_worker_up", "1 when the worker process is running.",
             ["worker", "device"], registry=r,

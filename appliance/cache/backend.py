@@ -31,3 +31,12 @@ def open_store(settings: CacheSettings, *, service: bool = False) -> CacheStore:
     return cast(CacheStore, PgCacheStore(settings.postgres_dsn, settings.dir,
                                          local_audio_bytes=settings.max_bytes))
 
+
+
+def database_connected(store: CacheStore) -> bool | None:
+    """Whether a fleet node's mirror holds its database connection; None without a database (LMDB)."""
+    if isinstance(store, CacheStore):
+        return None
+    from appliance.cache.sync import FleetCache
+
+    return store.connected.is_set() if isinstance(store, FleetCache) else None
