@@ -11,7 +11,7 @@ run: system-deps $(STAMP)
 	@echo "starting the appliance; in another terminal try:"
 	@echo "  $(BIN)/appliance request \"rain on a tin roof\" --duration 4 --out rain.wav"
 	APPLIANCE_LOGGING__FORMAT=$${APPLIANCE_LOGGING__FORMAT:-text} \
-	APPLIANCE_WORKERS__POOL=$${APPLIANCE_WORKERS__POOL:-'[{device="cpu",model="tangoflux"},{device="cpu",model="sa3"}]'} \
+	APPLIANCE_WORKERS__POOL=$${APPLIANCE_WORKERS__POOL:-'[{"device":"cpu","model":"tangoflux"},{"device":"cpu","model":"sa3"}]'} \
 	$(BIN)/appliance serve
 
 test: system-deps $(STAMP) test-tools

@@ -77,9 +77,10 @@ class Topics:
     def is_reserved(self, topic: str) -> bool:
         """Topics a device may not name as its reply address (requests, status, admin)."""
         own = (self.request, self.status, self.stats, self.errors)
-        return topic in own or topic.startswith(f"{self.prefix}/admin") or topic.startswith(
-            f"{self.base}/request"
-        )
+        # the admin command topics, not the operators' <prefix>/admin-reply/... addresses
+        admin = f"{self.prefix}/admin"
+        return (topic in own or topic == admin or topic.startswith(f"{admin}/")
+                or topic.startswith(f"{self.base}/request"))
 
     @staticmethod
     def audio(reply_topic: str) -> str:

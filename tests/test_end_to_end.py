@@ -99,7 +99,7 @@ MALFORMED: list[tuple[str, bytes, str, str | None]] = [
     ("too many candidates", b'{"prompt": "rain", "candidates": 99}', "invalid_request", "candidates"),
     ("loop not bool", b'{"prompt": "rain", "loop": "yes"}', "invalid_request", "loop"),
     ("unknown delivery", b'{"prompt": "rain", "deliver": "fax"}', "invalid_request", "deliver"),
-    ("unknown format", b'{"prompt": "rain", "format": "mp3"}', "invalid_request", "format"),
+    ("unknown format", b'{"prompt": "rain", "format": "aiff"}', "invalid_request", "format"),
     ("negative seed", b'{"prompt": "rain", "seed": -1}', "invalid_request", "seed"),
     ("bad request id", b'{"prompt": "rain", "request_id": "has spaces"}', "invalid_request", "request_id"),
     ("wildcard reply_to", b'{"prompt": "rain", "reply_to": "a/+/b"}', "invalid_request", "reply_to"),

@@ -15,7 +15,7 @@ from appliance.client import RequestClient
 from appliance.testing import ServiceProcess, service_sections
 from tests.conftest import Broker
 
-MIXED_POOL = '[{device="cpu", model="tangoflux"}, {device="cpu", model="sa3"}]'
+MIXED_POOL = '[{"device": "cpu", "model": "tangoflux"}, {"device": "cpu", "model": "sa3"}]'
 
 
 @pytest.fixture
