@@ -293,6 +293,7 @@ class Supervisor:
                     self._reply_hit(request, address, hit.item, received_at, source, match="semantic",
                                     similarity=hit.similarity, extra={
                                         "reuse_score": round(hit.score, 4),
+                                        "reuse_reason": hit.reason,
                                         "clap_reuse_score": hit.clap_score})
                     return
                 self._metrics.cache_lookups.labels(result="miss").inc()

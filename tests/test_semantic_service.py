@@ -34,6 +34,7 @@ def test_paraphrase_hits_and_compatibility_rules_and_cli_deletion(service: Servi
         assert 0.6 <= float(paraphrase["similarity"]) < 1.0  # type: ignore[arg-type]
         assert paraphrase["prompt"] == "a dog barking in the distance"
         assert "reuse_score" in paraphrase
+        assert str(paraphrase["reuse_reason"]).startswith("reuse probability")
 
         unrelated = _ask(client, "a cat meowing")
         assert unrelated["cached"] is False
