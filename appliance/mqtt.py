@@ -211,8 +211,9 @@ class MqttAdapter:
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._metrics = metrics
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # connected AND the subscriptions acknowledged
         self._connections = 0
+        self._subscribe_mid: int | None = None
         self._stopping = False
         self.v5 = settings.protocol == "5"
         self._max_packet_bytes = (None if max_payload_bytes is None
@@ -222,6 +223,7 @@ class MqttAdapter:
         self._client.will_set(status_topic, b"offline", qos=1, retain=True)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
+        self._client.on_subscribe = self._handle_subscribe
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
         self._redeliveries = RedeliveryFilter()
@@ -311,12 +313,24 @@ class MqttAdapter:
         self._connections += 1
         if self._connections > 1:
             self._metrics.mqtt_reconnects.inc()
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
         if self._fleet_topics and getattr(flags, "session_present", False):
             # a session kept from before the fleet had its own may still hold the share
             client.unsubscribe(self._fleet_topics)
         client.publish(self._status_topic, b"online", qos=1, retain=True)
+        if not self._subscriptions:
+            self._mark_ready()
+            return
+        # one SUBSCRIBE for every topic: ready (start() returns) once the broker acknowledged
+        # it, so that nothing published right after start() can miss the subscription
+        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in self._subscriptions])
+
+    def _handle_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        if mid == self._subscribe_mid:
+            self._mark_ready()
+
+    def _mark_ready(self) -> None:
         self._connected.set()
         self._metrics.mqtt_connected.set(1)
         log.info("connected to broker", extra={"host": self._settings.host,
