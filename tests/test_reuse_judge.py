@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from appliance.cache.keys import exact_key, new_item_key, normalise_prompt
-from appliance.cache.reuse import ReuseJudge, ReuseThresholds
+from appliance.cache.reuse import ReuseDecision, ReuseJudge, ReuseThresholds
 from appliance.cache.reuse.analysis import analyse_prompt, residual
 from appliance.cache.reuse.features import PairFeatures
 from appliance.cache.reuse.lexicon import DATA_DIR, default_lexicon
@@ -36,7 +36,7 @@ def judge(embedder: PromptEmbedder) -> ReuseJudge:
     return ReuseJudge(embedder.embed)
 
 
-def decide(judge: ReuseJudge, embedder: PromptEmbedder, a: str, b: str):  # type: ignore[no-untyped-def]
+def decide(judge: ReuseJudge, embedder: PromptEmbedder, a: str, b: str) -> ReuseDecision:
     va, vb = embedder.embed([a, b])
     return judge.decide(a, b, float(va @ vb))
 
