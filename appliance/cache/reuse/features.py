@@ -21,7 +21,7 @@ from appliance.cache.reuse.analysis import PromptAnalysis, residual
 from appliance.cache.reuse.conflicts import one_sided_scales
 from appliance.cache.reuse.lexicon import Lexicon
 
-__all__ = ["Embed", "EmbeddingMemo", "PairFeatures", "pair_features"]
+__all__ = ["Embed", "EmbeddingMemo", "PairFeatures", "pair_features", "residual_phrases"]
 
 Vector = npt.NDArray[np.float32]
 Embed = Callable[[list[str]], npt.NDArray[np.float32]]  # texts -> L2-normalised rows
@@ -76,13 +76,18 @@ class PairFeatures:
         return np.array(astuple(self), dtype=np.float64)
 
 
+def residual_phrases(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, ...]:
+    """The two phrases ``residual_cosine`` compares: what each side says and the other does
+    not; a side that adds nothing stands as its whole text; () when nothing differs."""
+    res_a, res_b = residual(a, b), residual(b, a)
+    return (res_a or a.text, res_b or b.text) if (res_a or res_b) else ()
+
+
 def pair_features(
     a: PromptAnalysis, b: PromptAnalysis, cosine: float, memo: EmbeddingMemo, lexicon: Lexicon
 ) -> PairFeatures:
     """Everything the model weighs for one pair (one embedding call for what is new)."""
-    res_a, res_b = residual(a, b), residual(b, a)
-    # What one side adds is weighed against the whole other side; nothing added on either: 1.
-    sides = (res_a or a.text, res_b or b.text) if (res_a or res_b) else ()
+    sides = residual_phrases(a, b)
     texts = list(sides) + list(a.clauses) + list(b.clauses)
     vectors = memo.vectors(texts)
     offset = len(sides)

@@ -17,9 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from appliance.cache.keys import normalise_prompt
-from appliance.cache.reuse.analysis import analyse_prompt, residual
+from appliance.cache.reuse.analysis import analyse_prompt
 from appliance.cache.reuse.conflicts import find_conflicts
-from appliance.cache.reuse.features import Embed, EmbeddingMemo, PairFeatures, pair_features
+from appliance.cache.reuse.features import (
+    Embed,
+    EmbeddingMemo,
+    PairFeatures,
+    pair_features,
+    residual_phrases,
+)
 from appliance.cache.reuse.lexicon import Lexicon, default_lexicon
 from appliance.cache.reuse.model import ReuseModel, default_model
 
@@ -88,10 +94,8 @@ class ReuseJudge:
         texts: list[str] = list(a.clauses) + (list(a.steps) if len(a.steps) > 1 else [])
         for prompt in candidate_prompts:
             b = analyse_prompt(prompt)
-            res_a, res_b = residual(a, b), residual(b, a)
-            if res_a or res_b:
-                texts += [res_a or a.text, res_b or b.text]
-            texts += list(b.clauses) + (list(b.steps) if len(b.steps) > 1 else [])
+            texts += list(residual_phrases(a, b)) + list(b.clauses)
+            texts += list(b.steps) if len(b.steps) > 1 else []
         self._memo.vectors(texts)
 
     def decide(self, new_prompt: str, candidate_prompt: str, cosine: float) -> ReuseDecision:
