@@ -28,8 +28,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliance.cache import maintenance
+from appliance.cache.contract import Store
 from appliance.cache.keys import is_item_key
-from appliance.cache.store import CacheStore
 from appliance.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ MQTT_COMMANDS: tuple[str, ...] = tuple(c for c in COMMANDS if c not in CLI_ONLY)
 class AdminDispatcher:
     """Validates a maintenance command, applies the confirmation rule, runs it, logs it."""
 
-    def __init__(self, store: CacheStore, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, *, now: Callable[[], float] = time.time) -> None:
         self._store = store
         self._now = now
 

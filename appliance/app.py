@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -32,6 +32,7 @@ from appliance.admin import AdminDispatcher
 from appliance.admin_topics import AdminTopicHandler
 from appliance.broker import BrokerChoice, EmbeddedBroker, start_broker
 from appliance.cache.backend import database_connected, open_store
+from appliance.cache.contract import Store
 from appliance.cache.encoded import EncodedClips
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.reuse import ReuseJudge, ReuseThresholds
@@ -85,7 +86,7 @@ class Appliance:
         self._broker: EmbeddedBroker | None = None
         self._broker_choice: BrokerChoice | None = None
         self._instance: InstanceLock | None = None
-        self._cache: CacheStore | None = None
+        self._cache: Store | None = None
         self._pool: WorkerPool | None = None
         self._mqtt: MqttAdapter | None = None
         self._http: HttpServer | None = None
@@ -207,14 +208,16 @@ class Appliance:
     def _semantic_cache(self) -> tuple[SemanticCache, PromptVectors]:
         """Load the prompt embedder, align the stored vectors with it, build the index."""
         assert self._cache is not None
+        # appliance/cache/semantic.py still names the LMDB class; every store keeps its contract
+        store = cast(CacheStore, self._cache)
         s = self.settings
         embedder = PromptEmbedder.from_dir(Path(s.models.embedder) if s.models.embedder else None)
         info = EmbedderInfo(embedder.name, embedder.dimension)
-        reembedded = ensure_embedder(self._cache, info, embedder.embed)
+        reembedded = ensure_embedder(store, info, embedder.embed)
         tau_reuse = None if s.cache.tau_reuse == "model" else float(s.cache.tau_reuse)
         judge = ReuseJudge(embedder.embed, ReuseThresholds(s.cache.tau_semantic, tau_reuse))
         clap_check = self._clap_text_check()
-        semantic = SemanticCache(self._cache, judge, dimension=embedder.dimension, top_k=s.cache.top_k,
+        semantic = SemanticCache(store, judge, dimension=embedder.dimension, top_k=s.cache.top_k,
                                  clap_check=clap_check, tau_clap_reuse=s.cache.tau_clap_reuse)
         semantic.sync()
         log.info("semantic cache ready", extra={"embedder": embedder.name, "items": len(semantic),

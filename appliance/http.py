@@ -30,9 +30,9 @@ from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 
 from appliance.audio import AUDIO_FORMATS, MEDIA_TYPES
+from appliance.cache.contract import Store
 from appliance.cache.encoded import EncodedClips
 from appliance.cache.keys import is_item_key
-from appliance.cache.store import CacheStore
 from appliance.errors import ConfigError, NotFound
 from appliance.metrics import Metrics
 
@@ -51,7 +51,7 @@ class HttpServer:
     """
 
     def __init__(
-        self, host: str, port: int, *, cache: CacheStore, metrics: Metrics,
+        self, host: str, port: int, *, cache: Store, metrics: Metrics,
         health: HealthProbe, readiness: HealthProbe, audio_token: str = "",
         timeout_s: int = 30, threads: int = 4, max_connections: int = 100,
         encoded: EncodedClips | None = None,
@@ -99,7 +99,7 @@ class HttpServer:
 class _Endpoints:
     """The WSGI application: four read-only endpoints."""
 
-    _cache: CacheStore
+    _cache: Store
     _encoded: EncodedClips
     _metrics: Metrics
     _health: HealthProbe

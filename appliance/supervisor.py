@@ -28,7 +28,8 @@ from appliance.cache.encoded import EncodedClips
 from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.semantic import Compatibility, SemanticCache, Vector
-from appliance.cache.store import CacheItem, CacheStore
+from appliance.cache.contract import Store
+from appliance.cache.store import CacheItem
 from appliance.config import Settings
 from appliance.errors import (
     ApplianceError,
@@ -133,7 +134,7 @@ class Supervisor:
         self,
         settings: Settings,
         *,
-        cache: CacheStore,
+        cache: Store,
         pool: GenerationQueue,
         publisher: Publisher,
         metrics: Metrics,

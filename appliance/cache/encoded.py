@@ -21,8 +21,9 @@ import threading
 from pathlib import Path
 
 from appliance.audio import transcode
+from appliance.cache.contract import Store
 from appliance.cache.keys import is_item_key
-from appliance.cache.store import CacheItem, CacheStore, write_file_durably
+from appliance.cache.store import CacheItem, write_file_durably
 from appliance.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 class EncodedClips:
     """A bounded directory of encoded copies of the store's clips. Thread-safe."""
 
-    def __init__(self, store: CacheStore, *, max_bytes: int) -> None:
+    def __init__(self, store: Store, *, max_bytes: int) -> None:
         self._store = store
         self.directory = store.directory / "encoded"
         self.directory.mkdir(parents=True, exist_ok=True)

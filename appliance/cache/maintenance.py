@@ -1,10 +1,10 @@
 """Cache maintenance: statistics, listings and the operations that remove items.
 
-Every function here works on an open :class:`CacheStore` and returns a report dataclass with
-``to_dict()``; nothing prints and nothing knows whether the caller is the CLI or an MQTT
-admin topic (:mod:`appliance.admin` dispatches both to these functions).
+Every function here works on an open store (:class:`appliance.cache.contract.Store`) and
+returns a report dataclass with ``to_dict()``; nothing prints and nothing knows whether the
+caller is the CLI or an MQTT admin topic (:mod:`appliance.admin` dispatches both to these functions).
 
-Removal always goes through :meth:`CacheStore.delete` with every chosen key in one call, so
+Removal always goes through :meth:`Store.delete` with every chosen key in one call, so
 the items go in one LMDB transaction and the store's generation counter tells the running
 service that the cache changed. Items are chosen from one snapshot (one read transaction);
 an item the service adds after that snapshot is never removed by the operation that was
@@ -31,8 +31,9 @@ import numpy as np
 import numpy.typing as npt
 import regex
 
+from appliance.cache.contract import Store
 from appliance.cache.keys import normalise_prompt
-from appliance.cache.store import CacheItem, CacheStore, write_file_durably
+from appliance.cache.store import CacheItem, write_file_durably
 from appliance.errors import InvalidRequest
 
 __all__ = [
@@ -390,7 +391,7 @@ class PromptMatcher:
 # --------------------------------------------------------------------------------------
 
 
-def stats(store: CacheStore, *, now: float | None = None, top: int = 10) -> StatsReport:
+def stats(store: Store, *, now: float | None = None, top: int = 10) -> StatsReport:
     """Counts, bytes, ages, hits, quality and embedder of the cache, from one snapshot."""
     now = time.time() if now is None else now
     items = store.items()
@@ -495,7 +496,7 @@ _SORT_VALUE: dict[str, Callable[[CacheItem], float | None]] = {
 
 
 def list_items(
-    store: CacheStore, *, sort: SortField = "time", descending: bool = True,
+    store: Store, *, sort: SortField = "time", descending: bool = True,
     limit: int | None = 50, filters: ItemFilter | None = None, now: float | None = None,
 ) -> ListReport:
     """Items matching ``filters``, sorted; items without the sort value (no CLAP score,
@@ -522,7 +523,7 @@ def list_items(
     )
 
 
-def show(store: CacheStore, key: str, *, now: float | None = None) -> ShowReport:
+def show(store: Store, key: str, *, now: float | None = None) -> ShowReport:
     """Everything known about one item, including whether its file and vectors exist."""
     now = time.time() if now is None else now
     item = store.get(key)
@@ -545,7 +546,7 @@ def show(store: CacheStore, key: str, *, now: float | None = None) -> ShowReport
     )
 
 
-def export(store: CacheStore, key: str, out_path: Path, *, overwrite: bool = False) -> ExportReport:
+def export(store: Store, key: str, out_path: Path, *, overwrite: bool = False) -> ExportReport:
     """Copy an item's audio to ``out_path`` and its metadata to a JSON file beside it.
 
     A directory as ``out_path`` gets ``<key>.<format>``; the sidecar is the audio path with
@@ -579,7 +580,7 @@ def export(store: CacheStore, key: str, out_path: Path, *, overwrite: bool = Fal
 
 
 def clean(
-    store: CacheStore, *, older_than_days: float, dry_run: bool = False,
+    store: Store, *, older_than_days: float, dry_run: bool = False,
     by: CleanBasis = "created", now: float | None = None,
 ) -> RemovalReport:
     """Remove items older than ``older_than_days``.
@@ -606,14 +607,14 @@ def clean(
     return _remove(store, "clean", items, victims, dry_run=dry_run, criteria=criteria)
 
 
-def clear(store: CacheStore, *, dry_run: bool = False) -> RemovalReport:
+def clear(store: Store, *, dry_run: bool = False) -> RemovalReport:
     """Remove every item present now (items added while it runs stay)."""
     items = store.items()
     return _remove(store, "clear", items, items, dry_run=dry_run, criteria={})
 
 
 def remove_pattern(
-    store: CacheStore, *, pattern: str, dry_run: bool = False, ignore_case: bool = True,
+    store: Store, *, pattern: str, dry_run: bool = False, ignore_case: bool = True,
 ) -> RemovalReport:
     """Remove items whose prompt contains a match of ``pattern`` (``regex.search``).
 
@@ -634,7 +635,7 @@ def keep_rank(item: CacheItem) -> tuple[float, int, float, str]:
 
 
 def duplicates(
-    store: CacheStore, *, threshold: float = 0.95, audio_threshold: float | None = None,
+    store: Store, *, threshold: float = 0.95, audio_threshold: float | None = None,
     by: DuplicateBasis = "prompt", remove: bool = False, dry_run: bool = False, limit: int = 100,
     now: float | None = None,
 ) -> DuplicatesReport:
@@ -761,7 +762,7 @@ def _group_class(
     return groups
 
 
-def _prompt_vector_map(store: CacheStore) -> dict[str, npt.NDArray[np.float32]]:
+def _prompt_vector_map(store: Store) -> dict[str, npt.NDArray[np.float32]]:
     keys, matrix = store.prompt_vectors()
     return {key: matrix[row] for row, key in enumerate(keys)}
 
@@ -808,7 +809,7 @@ def _pair_similarity(matrix: npt.NDArray[np.float32] | None, a: int, b: int) -> 
 
 
 def _remove(
-    store: CacheStore, operation: str, snapshot: Sequence[CacheItem], victims: Iterable[CacheItem],
+    store: Store, operation: str, snapshot: Sequence[CacheItem], victims: Iterable[CacheItem],
     *, dry_run: bool, criteria: dict[str, Any],
 ) -> RemovalReport:
     """Delete ``victims`` in one store transaction (unless a dry run) and report."""

@@ -20,21 +20,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
-import numpy.typing as npt
-import psycopg
 from psycopg.types.json import Jsonb
 
 from appliance.cache.hits import PendingHits
 from appliance.cache.keys import is_item_key
 from appliance.cache.local_audio import LocalAudio
+from appliance.cache.pg_store_schema import (
+    ENTRIES,
+    ChangeSet,
+    Cursor,
+    Vector,
+    embedder_json,
+    entry_of,
+    evict,
+    item_of,
+    lock_state,
+    log_changes,
+    maybe_bytes,
+    vector_bytes,
+    vector_of,
+)
+from appliance.cache.pg_store_session import PgSession
 from appliance.cache.store import (
     CacheItem,
     CacheTotals,
@@ -45,58 +57,10 @@ from appliance.cache.store import (
 )
 from appliance.errors import CacheError, CacheUnavailable, NotFound
 
+__all__ = ["PgCacheStore"]
+
 log = logging.getLogger(__name__)
-
-CHANNEL = "audiogen_cache"
-_EVICT_LOCK = 0x617564696F67  # advisory lock id: one evicting node at a time
-_SCHEMA_LOCK = 0x617564696F68  # two nodes creating the schema at once
-_PING_AFTER_S = 1.0  # a connection idle this long is checked before use
-_KEEP_CHANGES = 100_000  # generations of change log kept; an older node reloads everything
 _T = TypeVar("_T")
-Vector = npt.NDArray[np.float32]
-Cursor = psycopg.Cursor[Any]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cache_state (
-    id int PRIMARY KEY CHECK (id = 1),
-    generation bigint NOT NULL, items bigint NOT NULL, total_bytes bigint NOT NULL,
-    embedder jsonb);
-INSERT INTO cache_state VALUES (1, 0, 0, 0, NULL) ON CONFLICT DO NOTHING;
-CREATE TABLE IF NOT EXISTS cache_items (
-    key text PRIMARY KEY, item jsonb NOT NULL, audio_bytes bigint NOT NULL,
-    rank double precision NOT NULL, prompt_vector bytea, clap_vector bytea);
-CREATE INDEX IF NOT EXISTS cache_items_rank ON cache_items (rank);
-CREATE TABLE IF NOT EXISTS cache_audio (
-    key text PRIMARY KEY REFERENCES cache_items ON DELETE CASCADE, data bytea NOT NULL);
-ALTER TABLE cache_audio ALTER COLUMN data SET STORAGE EXTERNAL;
-CREATE TABLE IF NOT EXISTS cache_exact (
-    exact_key text PRIMARY KEY, key text NOT NULL REFERENCES cache_items ON DELETE CASCADE);
-CREATE INDEX IF NOT EXISTS cache_exact_key ON cache_exact (key);
-CREATE TABLE IF NOT EXISTS cache_changes (
-    generation bigint NOT NULL, key text NOT NULL, op char(1) NOT NULL,
-    PRIMARY KEY (generation, key));
-"""
-_ENTRIES = ("SELECT i.item, i.prompt_vector, i.clap_vector, e.key IS NOT NULL FROM cache_items i"
-            " LEFT JOIN cache_exact e ON e.key = i.key")
-
-
-@dataclass(frozen=True)
-class StoredEntry:
-    """One item as a node mirrors it: metadata and both vectors."""
-
-    item: CacheItem
-    prompt_vector: Vector | None
-    clap_vector: Vector | None
-    exact: bool  # whether its exact key points at it (a forced regeneration re-points it)
-
-
-@dataclass(frozen=True)
-class ChangeSet:
-    """What changed after a generation: items written (as they are now) and keys removed."""
-
-    generation: int
-    written: list[StoredEntry]
-    removed: list[str]
 
 
 class PgCacheStore:
@@ -107,11 +71,7 @@ class PgCacheStore:
         self.directory = Path(directory)
         self.audio_dir = self.directory / "audio"
         self.local = LocalAudio(self.audio_dir, max_bytes=local_audio_bytes)
-        self._dsn = dsn
-        self._connect_timeout_s = connect_timeout_s
-        self._conn: psycopg.Connection[Any] | None = None
-        self._used_at = 0.0
-        self._lock = threading.RLock()
+        self._db = PgSession(dsn, connect_timeout_s=connect_timeout_s)
         self._hits = PendingHits()
         try:
             self._read(lambda cur: None)  # connects and creates the schema
@@ -126,7 +86,7 @@ class PgCacheStore:
         row = self._read(lambda cur: cur.execute(
             "SELECT i.item FROM cache_exact e JOIN cache_items i ON i.key = e.key"
             " WHERE e.exact_key = %s", (exact_key,)).fetchone())
-        return _item(row[0]) if row else None
+        return item_of(row[0]) if row else None
 
     def get(self, key: str) -> CacheItem:
         if not is_item_key(key):
@@ -135,11 +95,11 @@ class PgCacheStore:
             "SELECT item FROM cache_items WHERE key = %s", (key,)).fetchone())
         if row is None:
             raise NotFound(f"no cache item {key}")
-        return _item(row[0])
+        return item_of(row[0])
 
     def items(self) -> list[CacheItem]:
         rows = self._read(lambda cur: cur.execute("SELECT item FROM cache_items ORDER BY key").fetchall())
-        return [_item(row[0]) for row in rows]
+        return [item_of(row[0]) for row in rows]
 
     def totals(self) -> CacheTotals:
         row = self._read(lambda cur: cur.execute(
@@ -156,7 +116,7 @@ class PgCacheStore:
             " ORDER BY key").fetchall())
         if not rows:
             return [], np.zeros((0, 0), dtype=np.float32)
-        return [row[0] for row in rows], np.vstack([_vector(row[1]) for row in rows])
+        return [row[0] for row in rows], np.vstack([vector_of(row[1]) for row in rows])
 
     def prompt_vector(self, key: str) -> Vector | None:
         return self._column_vector(key, "prompt_vector")
@@ -172,18 +132,18 @@ class PgCacheStore:
 
     def set_embedder_info(self, info: EmbedderInfo) -> None:
         self._write(lambda cur: cur.execute(
-            "UPDATE cache_state SET embedder = %s", (Jsonb(_embedder_json(info)),)))
+            "UPDATE cache_state SET embedder = %s", (Jsonb(embedder_json(info)),)))
 
     def replace_prompt_vectors(self, vectors: dict[str, Vector], info: EmbedderInfo) -> None:
         """Swap in another embedder's vectors in one transaction; nodes reload everything."""
         def write(cur: Cursor) -> None:
-            generation = _lock_state(cur)[0] + 1
+            generation = lock_state(cur)[0] + 1
             cur.execute("UPDATE cache_items SET prompt_vector = NULL")
             cur.executemany("UPDATE cache_items SET prompt_vector = %s WHERE key = %s",
-                            [(_vector_bytes(v), k) for k, v in vectors.items()])
+                            [(vector_bytes(v), k) for k, v in vectors.items()])
             cur.execute("UPDATE cache_state SET embedder = %s, generation = %s",
-                        (Jsonb(_embedder_json(info)), generation))
-            _log_changes(cur, generation, [("*", "r")])
+                        (Jsonb(embedder_json(info)), generation))
+            log_changes(cur, generation, [("*", "r")])
 
         self._write(write)
 
@@ -213,7 +173,7 @@ class PgCacheStore:
         item.audio_bytes = len(audio)
 
         def write(cur: Cursor) -> PutResult:
-            before, count, total = _lock_state(cur)
+            before, count, total = lock_state(cur)
             old = cur.execute("SELECT audio_bytes FROM cache_items WHERE key = %s",
                               (item.key,)).fetchone()
             if old is not None:
@@ -223,18 +183,18 @@ class PgCacheStore:
                 " SET item = excluded.item, audio_bytes = excluded.audio_bytes, rank = excluded.rank,"
                 " prompt_vector = excluded.prompt_vector, clap_vector = excluded.clap_vector",
                 (item.key, Jsonb(asdict(item)), item.audio_bytes, _eviction_rank(item)[0],
-                 _maybe_bytes(prompt_vector), _maybe_bytes(clap_vector)))
+                 maybe_bytes(prompt_vector), maybe_bytes(clap_vector)))
             cur.execute("INSERT INTO cache_audio VALUES (%s, %s) ON CONFLICT (key) DO UPDATE"
                         " SET data = excluded.data", (item.key, audio))
             # a forced regeneration re-points the exact key; the older item stays
             cur.execute("INSERT INTO cache_exact VALUES (%s, %s) ON CONFLICT (exact_key) DO UPDATE"
                         " SET key = excluded.key", (item.exact_key, item.key))
             count, total = count + 1, total + item.audio_bytes
-            evicted, count, total = _evict(cur, count, total, max_items, max_bytes, keep=item.key)
+            evicted, count, total = evict(cur, count, total, max_items, max_bytes, keep=item.key)
             generation = before + 1
             cur.execute("UPDATE cache_state SET generation = %s, items = %s, total_bytes = %s",
                         (generation, count, total))
-            _log_changes(cur, generation, [(item.key, "p"), *[(k, "d") for k in evicted]])
+            log_changes(cur, generation, [(item.key, "p"), *[(k, "d") for k in evicted]])
             return PutResult(evicted, before, generation)
 
         result = self._write(write)
@@ -252,7 +212,7 @@ class PgCacheStore:
     def delete_tracked(self, keys: list[str]) -> tuple[int, int, int]:
         """Remove items; returns ``(bytes_freed, generation_before, generation_after)``."""
         def write(cur: Cursor) -> tuple[int, int, int, list[str]]:
-            before, count, total = _lock_state(cur)
+            before, count, total = lock_state(cur)
             rows = cur.execute("DELETE FROM cache_items WHERE key = ANY(%s) RETURNING key, audio_bytes",
                                (keys,)).fetchall()
             if not rows:
@@ -261,7 +221,7 @@ class PgCacheStore:
             removed = [row[0] for row in rows]
             cur.execute("UPDATE cache_state SET generation = %s, items = %s, total_bytes = %s",
                         (before + 1, count - len(rows), max(0, total - freed)))
-            _log_changes(cur, before + 1, [(k, "d") for k in removed])
+            log_changes(cur, before + 1, [(k, "d") for k in removed])
             return freed, before, before + 1, removed
 
         freed, before, after, removed = self._write(write)
@@ -282,7 +242,7 @@ class PgCacheStore:
                                (list(pending),)).fetchall()
             updates = []
             for (raw,) in rows:
-                item = _item(raw)
+                item = item_of(raw)
                 count, last = pending[item.key]
                 item.hits += count
                 item.last_hit_timestamp = max(last, item.last_hit_timestamp or 0.0)
@@ -312,7 +272,7 @@ class PgCacheStore:
                 "SELECT i.key, i.audio_bytes, octet_length(a.data), octet_length(i.prompt_vector),"
                 " octet_length(i.clap_vector) FROM cache_items i LEFT JOIN cache_audio a"
                 " ON a.key = i.key").fetchall()
-            state = _lock_state(cur, lock=False)
+            state = lock_state(cur, lock=False)
             missing = [r[0] for r in rows if r[2] is None]
             mismatch = [r[0] for r in rows if r[2] is not None and r[2] != r[1]]
             dimensions = {r[3] for r in rows if r[3]}
@@ -333,9 +293,9 @@ class PgCacheStore:
         """Every item with its vectors, and the generation they are as of (one snapshot)."""
         def read(cur: Cursor) -> ChangeSet:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            generation = _lock_state(cur, lock=False)[0]
-            rows = cur.execute(_ENTRIES).fetchall()
-            return ChangeSet(generation, [_entry(row) for row in rows], [])
+            generation = lock_state(cur, lock=False)[0]
+            rows = cur.execute(ENTRIES).fetchall()
+            return ChangeSet(generation, [entry_of(row) for row in rows], [])
 
         return self._read(read)
 
@@ -345,7 +305,7 @@ class PgCacheStore:
         is not the one that generation came from)."""
         def read(cur: Cursor) -> ChangeSet | None:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            now = _lock_state(cur, lock=False)[0]
+            now = lock_state(cur, lock=False)[0]
             if now == generation:
                 return ChangeSet(now, [], [])
             if now < generation:
@@ -358,8 +318,8 @@ class PgCacheStore:
             if any(op == "r" for _, op in changes):
                 return None
             touched = list(dict.fromkeys(key for key, _ in changes))
-            rows = cur.execute(_ENTRIES + " WHERE i.key = ANY(%s)", (touched,)).fetchall()
-            written = [_entry(row) for row in rows]
+            rows = cur.execute(ENTRIES + " WHERE i.key = ANY(%s)", (touched,)).fetchall()
+            written = [entry_of(row) for row in rows]
             present = {entry.item.key for entry in written}
             return ChangeSet(now, written, [key for key in touched if key not in present])
 
@@ -370,17 +330,14 @@ class PgCacheStore:
             self.flush_hits()
         except CacheError as exc:
             log.warning("hits not written: the cache database is unreachable", extra={"error": str(exc)})
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
 
     # -- internals ---------------------------------------------------------------------
 
     def _column_vector(self, key: str, column: str) -> Vector | None:
         row = self._read(lambda cur: cur.execute(
             f"SELECT {column} FROM cache_items WHERE key = %s", (key,)).fetchone())
-        return _vector(row[0]) if row and row[0] is not None else None
+        return vector_of(row[0]) if row and row[0] is not None else None
 
     def _fetch_audio(self, key: str, audio_format: str) -> bytes:
         row = self._read(lambda cur: cur.execute(
@@ -392,108 +349,7 @@ class PgCacheStore:
         return data
 
     def _read(self, body: Callable[[Cursor], _T]) -> _T:
-        return self._transaction(body, ping=False)
+        return self._db.read(body)
 
     def _write(self, body: Callable[[Cursor], _T]) -> _T:
-        return self._transaction(body, ping=True)
-
-    def _transaction(self, body: Callable[[Cursor], _T], *, ping: bool) -> _T:
-        with self._lock:
-            try:
-                conn = self._connection(ping)
-                with conn.transaction(), conn.cursor() as cur:
-                    return body(cur)
-            except psycopg.OperationalError as exc:
-                self._drop_connection()
-                raise CacheUnavailable(f"the cache database is unreachable: {exc}") from exc
-            except psycopg.Error as exc:
-                raise CacheError(f"cache database error: {exc}") from exc
-
-    def _connection(self, ping: bool) -> psycopg.Connection[Any]:
-        """The open connection, pinged first before a write or after a while idle, so that a
-        database restarted meanwhile costs a reconnect rather than a lost write."""
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
-            if not ping and time.monotonic() - self._used_at < _PING_AFTER_S:
-                self._used_at = time.monotonic()
-                return conn
-            try:
-                conn.execute("SELECT 1")
-                self._used_at = time.monotonic()
-                return conn
-            except psycopg.OperationalError:
-                pass
-        self._drop_connection()
-        conn = psycopg.connect(self._dsn, autocommit=True, application_name="appliance",
-                               connect_timeout=max(1, round(self._connect_timeout_s)))
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            cur.execute(_SCHEMA)
-        self._conn = conn
-        self._used_at = time.monotonic()
-        return conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
-
-
-def _lock_state(cur: Cursor, *, lock: bool = True) -> tuple[int, int, int]:
-    """``(generation, items, total_bytes)``; with ``lock`` the row stays locked to commit,
-    which puts every write of the fleet in generation order."""
-    row = cur.execute("SELECT generation, items, total_bytes FROM cache_state"
-                      + (" FOR UPDATE" if lock else "")).fetchone()
-    assert row is not None, "cache_state has its one row from schema creation"
-    return int(row[0]), int(row[1]), int(row[2])
-
-
-def _evict(cur: Cursor, count: int, total: int, max_items: int, max_bytes: int,
-           keep: str) -> tuple[list[str], int, int]:
-    """Remove least-valued items until under the caps (the same order as the LMDB store)."""
-    if count <= max_items and total <= max_bytes:
-        return [], count, total
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_EVICT_LOCK,))
-    evicted: list[str] = []
-    for key, size in cur.execute("SELECT key, audio_bytes FROM cache_items WHERE key <> %s"
-                                 " ORDER BY rank", (keep,)).fetchall():
-        if count <= max_items and total <= max_bytes:
-            break
-        evicted.append(key)
-        count, total = count - 1, total - int(size)
-    cur.execute("DELETE FROM cache_items WHERE key = ANY(%s)", (evicted,))
-    return evicted, count, total
-
-
-def _log_changes(cur: Cursor, generation: int, changes: list[tuple[str, str]]) -> None:
-    cur.executemany("INSERT INTO cache_changes VALUES (%s, %s, %s)",
-                    [(generation, key, op) for key, op in changes])
-    if generation % 1024 == 0:
-        cur.execute("DELETE FROM cache_changes WHERE generation <= %s", (generation - _KEEP_CHANGES,))
-    cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(generation)))
-
-
-def _entry(row: tuple[Any, ...]) -> StoredEntry:
-    return StoredEntry(_item(row[0]), _vector(row[1]) if row[1] is not None else None,
-                       _vector(row[2]) if row[2] is not None else None, bool(row[3]))
-
-
-def _item(raw: dict[str, Any]) -> CacheItem:
-    return CacheItem(**raw)
-
-
-def _vector(raw: bytes) -> Vector:
-    return np.frombuffer(bytes(raw), dtype=np.float32)
-
-
-def _vector_bytes(vector: Vector) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
-def _maybe_bytes(vector: Vector | None) -> bytes | None:
-    return None if vector is None else _vector_bytes(vector)
-
-
-def _embedder_json(info: EmbedderInfo) -> dict[str, Any]:
-    return {"name": info.name, "dimension": info.dimension}
+        return self._db.write(body)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from appliance.cache.pg_store import CHANNEL, ChangeSet, PgCacheStore, StoredEntry, Vector
+from appliance.cache.pg_store import PgCacheStore
+from appliance.cache.pg_store_schema import CHANNEL, ChangeSet, StoredEntry, Vector
 from appliance.cache.store import CacheItem, CacheTotals, PutResult
 from appliance.errors import CacheError, CacheUnavailable, NotFound
 
@@ -42,7 +43,7 @@ class FleetCache(PgCacheStore):
                  connect_timeout_s: float = 3.0, reconnect_s: float = 1.0) -> None:
         super().__init__(dsn, directory, local_audio_bytes=local_audio_bytes,
                          connect_timeout_s=connect_timeout_s)
-        self._dsn_listen = dsn
+        self._dsn_listen = dsn  # the listener has a connection of its own
         self._reconnect_s = reconnect_s
         self._sync_lock = threading.Lock()  # one catch-up or own-write apply at a time
         self._items: dict[str, CacheItem] = {}
