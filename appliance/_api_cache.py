@@ -6,12 +6,13 @@ validation, the same rules, the same log lines. The dispatcher answers with the 
 dict that ``--json`` prints; it is read back into the report dataclass it was made from, so
 ``report.to_dict()`` is that JSON (without its ``command`` field).
 
-Each call opens the LMDB environment, runs, and closes it, as the CLI does, which is what
-makes a call safe while ``appliance serve`` runs on the same directory: LMDB serialises the
-writers across processes, and a removal bumps the store's generation counter so the
-service drops the removed items from its index without a restart. LMDB must not be opened
-twice at once in one process, so calls on one ``Cache`` are serialised by a lock; use one
-``Cache`` per directory in a process.
+Each call opens the configured store (:func:`appliance.cache.backend.open_store`, as the
+CLI does), runs, and closes it, which is what makes a call safe while ``appliance serve``
+runs: LMDB serialises the writers across processes, PostgreSQL is shared by a fleet by
+design, and a removal bumps the store's generation counter so that every running service
+drops the removed items from its index without a restart. LMDB must not be opened twice at
+once in one process, so calls on one ``Cache`` are serialised by a lock; use one ``Cache``
+per directory in a process.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, TypedDict, TypeVar, Unpack
 from pydantic import TypeAdapter
 
 from appliance.admin import AdminDispatcher
+from appliance.cache.backend import open_store
 from appliance.cache.maintenance import (
     CleanBasis,
     DuplicateBasis,
@@ -37,8 +39,7 @@ from appliance.cache.maintenance import (
     SortField,
     StatsReport,
 )
-from appliance.cache.store import CacheStore
-from appliance.config import load_settings
+from appliance.config import CacheSettings, load_settings
 from appliance.errors import NotFound
 
 __all__ = ["Cache", "ItemFilters"]
@@ -60,7 +61,8 @@ class ItemFilters(TypedDict, total=False):
 
 
 class Cache:
-    """The cache directory of an appliance (``cache.dir`` in its configuration).
+    """The cache of an appliance: its ``cache.dir``, or with ``postgres_dsn`` a fleet's
+    shared cache on PostgreSQL (``path`` then holds the clips this machine fetched from it).
 
     Destructive methods default to a dry run: they report what would go and remove nothing
     until asked (``dry_run=False``, ``confirm=True``). Errors are
@@ -70,20 +72,24 @@ class Cache:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
-                 map_size_bytes: int = _DEFAULT_MAP_SIZE_BYTES) -> None:
+                 map_size_bytes: int = _DEFAULT_MAP_SIZE_BYTES, postgres_dsn: str | None = None) -> None:
         self.path = Path(path)
-        if not create and not (self.path / "index.lmdb").is_dir():
+        if postgres_dsn is None and not create and not (self.path / "index.lmdb").is_dir():
             raise NotFound(f"{self.path} is not a cache directory (no index.lmdb); "
                            "pass create=True to start an empty cache there")
-        self._map_size_bytes = map_size_bytes
+        self._settings = CacheSettings(
+            dir=self.path, map_size_bytes=map_size_bytes, backend="postgres" if postgres_dsn else "lmdb",
+            postgres_dsn=postgres_dsn or "")
         self._lock = threading.Lock()
         self._client_id = _client_id()
 
     @classmethod
     def from_config(cls, config: str | os.PathLike[str]) -> Cache:
-        """The cache that the appliance configured by this TOML file uses."""
-        settings = load_settings(Path(config))
-        return cls(settings.cache.dir, map_size_bytes=settings.cache.map_size_bytes)
+        """The cache that the appliance configured by this TOML file uses (its
+        ``cache.backend``: LMDB, or the fleet's PostgreSQL)."""
+        cache = load_settings(Path(config)).cache
+        return cls(cache.dir, map_size_bytes=cache.map_size_bytes,
+                   postgres_dsn=cache.postgres_dsn if cache.backend == "postgres" else None)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -138,7 +144,7 @@ class Cache:
 
     def _call(self, command: str, args: dict[str, Any], report: builtins.type[_Report]) -> _Report:
         with self._lock:
-            store = CacheStore(self.path, map_size_bytes=self._map_size_bytes)
+            store = open_store(self._settings)
             try:
                 body = AdminDispatcher(store).dispatch(command, args, source="cli",
                                                        client_id=self._client_id)
