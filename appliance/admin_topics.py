@@ -11,7 +11,8 @@ refuses an address naming the appliance's own topics; the refusal, like every er
 
 Commands run one at a time on their own thread, so a slow ``duplicates`` over a large cache
 never holds up the network thread that answers cache hits; the queue of waiting commands is
-bounded and a command beyond it is answered ``busy``.
+bounded and a command beyond it is answered ``busy``; one that arrives after the drain closed
+the thread is answered ``unavailable``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from appliance.admin import AdminDispatcher
-from appliance.errors import ApplianceError, Busy, InvalidRequest
+from appliance.errors import ApplianceError, Busy, InvalidRequest, Unavailable
 from appliance.mqtt import InboundMessage
 from appliance.protocol import (
     check_payload_size,
@@ -61,13 +62,21 @@ class AdminTopicHandler:
         """Queue one admin message; never raises."""
         command = message.topic.rsplit("/", 1)[-1]
         if not self._slots.acquire(blocking=False):
-            request_id, reply_to = None, None
-            if len(message.payload) <= self._max_payload_bytes:
-                request_id, reply_to = salvage_reply_fields(message.payload)
-            self._reply(self._error_address(message, command, request_id, reply_to),
-                        error_reply(request_id, Busy("too many admin commands waiting")))
+            self._refuse(message, command, Busy("too many admin commands waiting"))
             return
-        self._executor.submit(self._run, message, command)
+        try:
+            self._executor.submit(self._run, message, command)
+        except RuntimeError:  # closed by the drain while the broker still delivers commands
+            self._slots.release()
+            self._refuse(message, command, Unavailable("the appliance is shutting down"))
+
+    def _refuse(self, message: InboundMessage, command: str, error: ApplianceError) -> None:
+        """Answer a command that will not run, where its own reply fields say."""
+        request_id, reply_to = None, None
+        if len(message.payload) <= self._max_payload_bytes:
+            request_id, reply_to = salvage_reply_fields(message.payload)
+        self._reply(self._error_address(message, command, request_id, reply_to),
+                    error_reply(request_id, error))
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from appliance.audio import MEDIA_TYPES, delivered_rate, encode_wav, transcode
+from appliance.cache.contract import Store
 from appliance.cache.encoded import EncodedClips
 from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.prompt_vectors import PromptVectors
 from appliance.cache.semantic import Compatibility, SemanticCache, Vector
-from appliance.cache.contract import Store
 from appliance.cache.store import CacheItem
 from appliance.config import Settings
 from appliance.errors import (
@@ -36,6 +36,7 @@ from appliance.errors import (
     Busy,
     CacheError,
     InvalidRequest,
+    NotFound,
     Unavailable,
     WorkerFailed,
 )
@@ -78,6 +79,9 @@ class ReplyAddress:
     correlation_data: bytes | None = None
 
 
+_RESERVED = "names a topic of an appliance (its requests, status or admin commands)"
+
+
 @dataclass
 class PendingReply:
     """A request waiting for a generation (several when identical requests coalesce)."""
@@ -85,6 +89,24 @@ class PendingReply:
     request: Request
     address: ReplyAddress
     received_at: float
+
+
+@dataclass
+class _Generated:
+    """A finished generation, shared by the requests that waited for it."""
+
+    result: GenerationResult
+    item: CacheItem
+    stored: bool
+    gate: str  # what the quality gate was (on, or off and why)
+    encodings: dict[str, bytes]  # each format encoded once for all waiters
+
+    def encoded(self, audio_format: str, kept: EncodedClips) -> bytes:
+        if audio_format not in self.encodings:
+            master = self.encodings[self.item.audio_format]
+            self.encodings[audio_format] = (kept.read(self.item, audio_format, master=master)
+                                            if self.stored else transcode(master, audio_format))
+        return self.encodings[audio_format]
 
 
 @dataclass
@@ -97,15 +119,16 @@ def reply_address(
     topics: Topics, message: InboundMessage, reply_to: str | None, default: str,
 ) -> ReplyAddress:
     """Where the answer to a request or an admin command goes: its Response Topic, else its
-    ``reply_to``, else ``default``. An address naming the appliance's own topics (requests,
-    status, admin) is refused, so that a device cannot make the appliance command itself."""
+    ``reply_to``, else ``default``. An address naming the topics of this appliance or of
+    another node (requests, status, admin commands) is refused, so that a device cannot make
+    one appliance command itself or another."""
     if message.response_topic:
         if topics.is_reserved(message.response_topic):
-            raise FieldError("response_topic", "names a topic of the appliance itself")
+            raise FieldError("response_topic", _RESERVED)
         return ReplyAddress(message.response_topic, message.correlation_data)
     if reply_to is not None:
         if topics.is_reserved(reply_to):
-            raise FieldError("reply_to", "names a topic of the appliance itself")
+            raise FieldError("reply_to", _RESERVED)
         return ReplyAddress(reply_to)
     return ReplyAddress(default)
 
@@ -162,6 +185,7 @@ class Supervisor:
         self._audio_base_url = audio_base_url.rstrip("/")
         self._inflight: dict[str, _InFlight] = {}
         self._replying = 0  # waiters taken out of _inflight whose replies are being sent
+        self._looking_up = 0  # requests queued for (or in) a semantic lookup
         self._lock = threading.Lock()
         self._accepting = True
         self._semantic = semantic
@@ -225,7 +249,8 @@ class Supervisor:
     def in_flight(self) -> int:
         """Requests accepted and not yet answered (the drain waits for them)."""
         with self._lock:
-            return self._replying + sum(len(entry.waiters) for entry in self._inflight.values())
+            return (self._replying + self._looking_up
+                    + sum(len(entry.waiters) for entry in self._inflight.values()))
 
     # -- the request path ----------------------------------------------------------------
 
@@ -250,10 +275,8 @@ class Supervisor:
                         loop=params.loop)
         if not request.force:
             item = self._cache.lookup_exact(key)
-            if item is not None and self._audio_present(item):
-                self._metrics.cache_lookups.labels(result="exact").inc()
-                self._reply_hit(request, address, item, received_at, source, match="exact",
-                                similarity=1.0)
+            if item is not None and self._audio_present(item) and self._reply_hit(
+                    request, address, item, received_at, source, match="exact", similarity=1.0):
                 return
         if self._semantic is None or self._embed is None:
             if not request.force:
@@ -262,8 +285,19 @@ class Supervisor:
             return
         if not self._lookup_slots.acquire(blocking=False):
             raise Busy("too many semantic lookups waiting")
-        self._embed.expect(params.prompt)  # embedded with the next batch, not one by one
-        self._lookups.submit(self._lookup_then_generate, request, address, received_at, source, key)
+        with self._lock:
+            self._looking_up += 1
+        try:
+            self._embed.expect(params.prompt)  # embedded with the next batch, not one by one
+            self._lookups.submit(self._lookup_then_generate, request, address, received_at, source, key)
+        except RuntimeError:  # the drain shut the lookups down after this request was admitted
+            self._lookup_done()
+            raise Unavailable("the appliance is shutting down") from None
+
+    def _lookup_done(self) -> None:
+        with self._lock:
+            self._looking_up -= 1
+        self._lookup_slots.release()
 
     def _audio_present(self, item: CacheItem) -> bool:
         """False (and the item dropped) when a cached item's audio file has gone missing."""
@@ -288,14 +322,12 @@ class Supervisor:
                     duration_tolerance_s=self._settings.cache.duration_tolerance_s,
                 )
                 hit = self._semantic.find(params.prompt, vector, compatibility)
-                if hit is not None and self._audio_present(hit.item):
-                    self._metrics.cache_lookups.labels(result="semantic").inc()
+                if hit is not None and self._audio_present(hit.item) and self._reply_hit(
+                        request, address, hit.item, received_at, source, match="semantic",
+                        similarity=hit.similarity, extra={
+                            "reuse_score": round(hit.score, 4), "reuse_reason": hit.reason,
+                            "clap_reuse_score": hit.clap_score}):
                     self._metrics.semantic_similarity.observe(hit.similarity)
-                    self._reply_hit(request, address, hit.item, received_at, source, match="semantic",
-                                    similarity=hit.similarity, extra={
-                                        "reuse_score": round(hit.score, 4),
-                                        "reuse_reason": hit.reason,
-                                        "clap_reuse_score": hit.clap_score})
                     return
                 self._metrics.cache_lookups.labels(result="miss").inc()
             self._generate(request, address, received_at, source, key, vector)
@@ -306,7 +338,7 @@ class Supervisor:
             self._reply_error(address, request.request_id, WorkerFailed(f"internal error: {exc}"),
                               received_at, source)
         finally:
-            self._lookup_slots.release()
+            self._lookup_done()
 
     def _generate(
         self, request: Request, address: ReplyAddress, received_at: float, source: str, key: str,
@@ -338,40 +370,38 @@ class Supervisor:
         future.add_done_callback(lambda done: self._finish(flight_key, key, done, source))
 
     def _finish(self, flight_key: str, key: str, future: Future[GenerationResult], source: str) -> None:
-        """Runs as the future's callback: answer every waiter exactly once, whatever fails."""
+        """Runs as the future's callback: store the clip while its entry is still in flight
+        (an identical request arriving meanwhile joins it instead of generating again), then
+        answer every waiter exactly once; one waiter's failure costs no other its clip."""
+        outcome: _Generated | ApplianceError
+        try:
+            outcome = self._conclude(flight_key, key, future)
+        except ApplianceError as error:
+            outcome = error
+        except Exception as exc:
+            log.exception("could not complete a generation", extra={"key": key})
+            outcome = WorkerFailed(f"internal error: {exc}")
         with self._lock:
             flight = self._inflight.pop(flight_key, _InFlight())
             self._replying += len(flight.waiters)  # still in flight for the drain until answered
-        answered: set[int] = set()
         try:
-            self._answer_generation(flight, key, future, source, answered)
-        except Exception as exc:
-            log.exception("could not complete a generation's replies", extra={"key": key})
-            internal = WorkerFailed(f"internal error: {exc}")
-            for index, waiter in enumerate(flight.waiters):
-                if index not in answered:
-                    with contextlib.suppress(Exception):
-                        self._reply_error(waiter.address, waiter.request.request_id, internal,
-                                          waiter.received_at, source)
+            for waiter in flight.waiters:
+                self._answer_waiter(waiter, outcome, source)
         finally:
             with self._lock:
                 self._replying -= len(flight.waiters)
+        if isinstance(outcome, _Generated) and flight.waiters:
+            log.info("generated", extra={
+                "request_id": flight.waiters[0].request.request_id, "key": outcome.item.key,
+                "generation_s": round(outcome.result.generation_s, 3), "stored": outcome.stored,
+                "waiters": len(flight.waiters)})
 
-    def _answer_generation(
-        self, flight: _InFlight, key: str, future: Future[GenerationResult], source: str,
-        answered: set[int],
-    ) -> None:
-        waiters = flight.waiters
-        try:
-            result = future.result()
-        except Exception as exc:
-            error = exc if isinstance(exc, ApplianceError) else WorkerFailed(f"internal error: {exc}")
-            for index, waiter in enumerate(waiters):
-                answered.add(index)
-                self._reply_error(waiter.address, waiter.request.request_id, error,
-                                  waiter.received_at, source)
-            return
-        first = waiters[0].request
+    def _conclude(self, flight_key: str, key: str, future: Future[GenerationResult]) -> _Generated:
+        """The generation's clip as a cache item, stored unless the quality gate refuses it."""
+        result = future.result()
+        with self._lock:
+            flight = self._inflight[flight_key]
+            first, vector = flight.waiters[0].request, flight.vector
         audio = encode_wav(result.waveform, result.sample_rate)
         item = self._new_item(first, key, result, len(audio))
         # quality gate (DESIGN.md "Models"): "auto" trusts only a real-weight CLAP scorer
@@ -380,24 +410,32 @@ class Supervisor:
             gate = "off (random-weight scorer)" if result.scorer_random else "on"
         elif gate == "off":
             gate = "off (configured)"
-        stored = self._store(item, audio, flight.vector, result.clap_vector, gate_on=gate == "on")
-        encodings: dict[str, bytes] = {item.audio_format: audio}  # each format encoded once
-        for index, waiter in enumerate(waiters):
-            audio_format = waiter.request.audio_format
-            if audio_format not in encodings:
-                encodings[audio_format] = (self._encoded.read(item, audio_format, master=audio)
-                                           if stored else transcode(audio, audio_format))
-            body = self._generation_metadata(waiter.request, item, result, stored)
-            body.update(_encoding_metadata(audio_format, len(encodings[audio_format]), item))
-            body["quality_gate"] = gate
-            answered.add(index)
-            self._deliver(waiter, body, encodings[audio_format], item.key, stored=stored)
+        stored = self._store(item, audio, vector, result.clap_vector, gate_on=gate == "on")
+        return _Generated(result, item, stored, gate, {item.audio_format: audio})
+
+    def _answer_waiter(self, waiter: PendingReply, outcome: _Generated | ApplianceError,
+                       source: str) -> None:
+        """Deliver the clip to one waiter, or an error when that fails. Never raises."""
+        request = waiter.request
+        try:
+            if isinstance(outcome, ApplianceError):
+                self._reply_error(waiter.address, request.request_id, outcome, waiter.received_at, source)
+                return
+            audio = outcome.encoded(request.audio_format, self._encoded)
+            body = self._generation_metadata(request, outcome.item, outcome.result, outcome.stored)
+            body.update(_encoding_metadata(request.audio_format, len(audio), outcome.item))
+            body["quality_gate"] = outcome.gate
+            self._deliver(waiter, body, audio, outcome.item.key, stored=outcome.stored)
             self._metrics.request_duration.labels(path="generated").observe(
                 time.perf_counter() - waiter.received_at)
             self._metrics.requests.labels(outcome="generated", source=source).inc()
-        log.info("generated", extra={"request_id": first.request_id, "key": item.key,
-                                     "generation_s": round(result.generation_s, 3),
-                                     "stored": stored, "waiters": len(waiters)})
+        except Exception as exc:
+            log.exception("could not deliver a generated clip", extra={"request_id": request.request_id})
+            error = exc if isinstance(exc, ApplianceError) else WorkerFailed(f"internal error: {exc}")
+            try:
+                self._reply_error(waiter.address, request.request_id, error, waiter.received_at, source)
+            except Exception:
+                log.exception("could not answer a request", extra={"request_id": request.request_id})
 
     def _store(self, item: CacheItem, audio: bytes, vector: Vector | None,
                clap_vector: Vector | None = None, *, gate_on: bool = True) -> bool:
@@ -430,8 +468,9 @@ class Supervisor:
     def _reply_hit(
         self, request: Request, address: ReplyAddress, item: CacheItem, received_at: float, source: str,
         *, match: str, similarity: float, extra: dict[str, Any] | None = None,
-    ) -> None:
-        self._cache.record_hit(item.key)
+    ) -> bool:
+        """Answer from the cache; False (nothing sent) when the item was evicted between the
+        lookup and the read of its audio, so that the request is generated instead."""
         body = {
             "request_id": request.request_id,
             "status": "ok",
@@ -444,15 +483,23 @@ class Supervisor:
             "age_s": round(time.time() - item.generation_timestamp, 3),
             "current_config": self._current_config(request),
         }
-        size = self._encoded.size(item, request.audio_format)  # encoded (and kept) if need be
-        body.update(_encoding_metadata(request.audio_format, size, item))
-        if request.deliver != "url" and not self._audio_budget(size):
-            raise Busy("too much audio on its way over MQTT: ask again, or use deliver: url")
-        audio = self._encoded.read(item, request.audio_format) if request.deliver != "url" else b""
+        try:
+            size = self._encoded.size(item, request.audio_format)  # encoded (and kept) if need be
+            body.update(_encoding_metadata(request.audio_format, size, item))
+            if request.deliver != "url" and not self._audio_budget(size):
+                raise Busy("too much audio on its way over MQTT: ask again, or use deliver: url")
+            audio = self._encoded.read(item, request.audio_format) if request.deliver != "url" else b""
+        except (NotFound, FileNotFoundError):
+            log.info("cached clip evicted as it was read: generating",
+                     extra={"request_id": request.request_id, "key": item.key})
+            return False
+        self._cache.record_hit(item.key)
+        self._metrics.cache_lookups.labels(result=match).inc()
         self._deliver(PendingReply(request, address, received_at), body, audio, item.key)
         path = "hit" if match == "exact" else "semantic_hit"
         self._metrics.request_duration.labels(path=path).observe(time.perf_counter() - received_at)
         self._metrics.requests.labels(outcome=path, source=source).inc()
+        return True
 
     def _deliver(
         self, waiter: PendingReply, body: dict[str, Any], audio: bytes, key: str, *, stored: bool = True

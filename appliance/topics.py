@@ -75,12 +75,19 @@ class Topics:
         return [self.shared_request] if self.share_group else []
 
     def is_reserved(self, topic: str) -> bool:
-        """Topics a device may not name as its reply address (requests, status, admin)."""
-        own = (self.request, self.status, self.stats, self.errors)
-        # the admin command topics, not the operators' <prefix>/admin-reply/... addresses
-        admin = f"{self.prefix}/admin"
-        return (topic in own or topic == admin or topic.startswith(f"{admin}/")
-                or topic.startswith(f"{self.base}/request"))
+        """Topics a device may not name as its reply address: the fleet queue, and the
+        requests, status, stats, errors and admin commands of *any* node under the base
+        (this one or another: a reply must not command an appliance). The operators'
+        ``<prefix>/admin-reply/...`` and the devices' ``<prefix>/reply/...`` stay open."""
+        if not topic.startswith(f"{self.base}/"):
+            return False
+        levels = topic[len(self.base) + 1:].split("/")
+        if levels[0].startswith("request"):  # the fleet queue, <base>/request
+            return True
+        if len(levels) < 2:
+            return False
+        own = ("request", "status", "stats", "errors")
+        return (len(levels) == 2 and levels[1] in own) or levels[1] == "admin"
 
     @staticmethod
     def audio(reply_topic: str) -> str:
