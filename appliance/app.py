@@ -363,6 +363,8 @@ class Appliance:
             reasons.append("cache not open")
         if self._pool is None or self._pool.ready_count() == 0:
             reasons.append("no worker ready")
+            # why not, e.g. models.tangoflux names no directory (each worker's line says it too)
+            reasons.extend(self._pool.start_problems() if self._pool else [])
         database = self._database_state()
         status = "not_ready" if reasons else "degraded" if database is False else "ready"
         body: dict[str, Any] = {"status": status,

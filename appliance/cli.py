@@ -180,6 +180,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
         line = (f"worker {worker.get('name')} (device {worker.get('gpu')}): {worker.get('state')}, "
                 f"pid {worker.get('pid')}, model {worker.get('model') or '-'}, "
                 f"load {worker.get('load_s', 0):.1f} s, restarts {worker.get('restarts', 0)}")
+        if worker.get("failed_starts"):
+            line += f", failed starts {worker['failed_starts']}"
         print(line + (f", last error: {worker['last_error']}" if worker.get("last_error") else ""))
     for note in notes:
         print(f"NOTE: {note}")

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from appliance.audio import make_seamless_loop
+from appliance.errors import ModelError
 from appliance.logs import configure_logging
 from appliance.worker.ipc import ChannelClosed, Frame, read_frame, write_frame
 
@@ -42,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         generator = _load_generator(args)
         scorer = _load_scorer(args)
     except Exception as exc:  # any load failure is reported, then the worker exits
-        log.exception("model load failed")
+        if isinstance(exc, ModelError):  # a directory that is not a model: the message says it all
+            log.error("model load failed: %s", exc)
+        else:
+            log.exception("model load failed")
         _send(channel_out, {"type": "fatal", "code": "model_error", "message": str(exc)})
         return 3
     try:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from appliance.config import Settings
@@ -28,7 +29,7 @@ from appliance.errors import (
     WorkerFailed,
 )
 from appliance.metrics import Metrics
-from appliance.models.generator import ModelCatalogue, generator_specs
+from appliance.models.generator import FAMILIES, ModelCatalogue, generator_specs
 from appliance.protocol import FieldError, GenerationParameters
 from appliance.worker.client import GenerationResult, ProgressCallback, WorkerProcess, WorkerSpec
 
@@ -60,10 +61,30 @@ class WorkerState:
     scorer: str = ""
     scorer_random: bool = False
     restarts: int = 0
+    failed_starts: int = 0  # starts in a row that failed (a model that cannot load)
+    next_try_at: float = 0.0  # wall clock of the next start after a failed one
     last_error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+class ModelDirMissing(ModelError):
+    """The configured generator directory does not exist (the message names the setting)."""
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A worker's generator directory and the setting that named it."""
+
+    setting: str  # models.tangoflux, models.sa3 or models.generators.<key>
+    path: Path
+    tiny: bool  # a tiny model is built there when missing
+
+    def check(self) -> None:
+        if not self.tiny and not self.path.is_dir():
+            raise ModelDirMissing(f"{self.setting} = {str(self.path)!r}: no such directory "
+                                  "(fix the setting, or put the model there: it is tried again)")
 
 
 def worker_command(settings: Settings, gpu: str, name: str, model: str = "tangoflux") -> list[str]:
@@ -115,6 +136,8 @@ class WorkerPool:
         self._states: list[WorkerState] = []
         self._threads: list[threading.Thread] = []
         self._models: list[str] = []  # the model name of each worker
+        self._model_dirs: list[ModelDir] = []  # where each worker's generator is configured
+        specs = generator_specs(settings.models)
         for index, entry in enumerate(self._settings.entries()):
             gpu = entry.device
             name = gpu if gpu != "cpu" else f"cpu{index}" if index else "cpu"
@@ -124,6 +147,10 @@ class WorkerPool:
             self._workers.append(WorkerProcess(WorkerSpec(name=name, gpu=gpu, command=command)))
             self._states.append(WorkerState(name=name, gpu=gpu))
             self._models.append(self._catalogue.aliases[entry.model])
+            spec = specs[entry.model]
+            self._model_dirs.append(ModelDir(
+                f"models.{entry.model}" if entry.model in FAMILIES else f"models.generators.{entry.model}",
+                spec.model_dir, spec.tiny))
             metrics.worker_up.labels(worker=name, device=gpu).set(0)  # series exist while loading
             metrics.worker_ready.labels(worker=name, device=gpu).set(0)
         metrics.queue_depth.set_function(self.queue_depth)
@@ -164,6 +191,13 @@ class WorkerPool:
                 raise Busy(f"generation queue is full ({self._settings.queue_size} waiting)") from None
         return job.future
 
+    def start_problems(self) -> list[str]:
+        """Why workers cannot start (a model directory missing or unreadable), for /readyz."""
+        now = time.time()
+        return [f"worker {state.name}: {state.last_error} ({state.failed_starts} failed starts, "
+                f"next try in {max(0.0, state.next_try_at - now):.0f} s)"
+                for state in self._states if state.failed_starts]
+
     def ready_count(self) -> int:
         return sum(state.state in ("ready", "busy") for state in self._states)
 
@@ -199,6 +233,7 @@ class WorkerPool:
         labels = {"worker": state.name, "device": state.gpu}
         while not self._stop.is_set():
             if not worker.is_alive() and not self._start_worker(worker, state, labels):
+                state.next_try_at = time.time() + backoff
                 if self._stop.wait(backoff):
                     break
                 backoff = min(max(backoff * 2, 0.1), self._settings.restart_backoff_max_s)
@@ -215,13 +250,18 @@ class WorkerPool:
         self._metrics.worker_ready.labels(**labels).set(0)
 
     def _start_worker(self, worker: WorkerProcess, state: WorkerState, labels: dict[str, str]) -> bool:
-        state.state = "starting" if state.restarts == 0 else "restarting"
+        state.state = "starting" if state.restarts == 0 and not state.failed_starts else "restarting"
+        model_dir = self._model_dirs[self._states.index(state)]
         try:
+            model_dir.check()  # a missing directory: no process spawned, no traceback
             worker.start(self._settings.ready_timeout_s)
         except ApplianceError as exc:
-            state.last_error = exc.message
+            state.failed_starts += 1
+            state.last_error = exc.message if isinstance(exc, ModelDirMissing) else (
+                f"{model_dir.setting}: {exc.message}" if isinstance(exc, ModelError) else exc.message)
             state.state = "failed" if isinstance(exc, ModelError) else "restarting"
-            log.error("worker failed to start", extra={"worker": state.name, "error": exc.message})
+            log.error("worker failed to start", extra={"worker": state.name, "error": state.last_error,
+                                                       "failed_starts": state.failed_starts})
             self._metrics.worker_up.labels(**labels).set(0)
             model = self._models[self._states.index(state)]
             peers = [s for s, m in zip(self._states, self._models, strict=True) if m == model]
@@ -230,6 +270,7 @@ class WorkerPool:
                 self._fail_queued(Unavailable(f"no worker of {model} is ready: {exc.message}"), model)
             return False
         state.state, state.pid, state.model, state.load_s = "ready", worker.pid, worker.model, worker.load_s
+        state.failed_starts, state.next_try_at = 0, 0.0
         state.scorer, state.scorer_random = worker.scorer, worker.scorer_random
         self._metrics.worker_up.labels(**labels).set(1)
         self._metrics.worker_ready.labels(**labels).set(1)
