@@ -42,7 +42,7 @@ from appliance.config import Settings
 from appliance.errors import ConfigError
 from appliance.ha_discovery import DeviceInfo, HaTopics
 from appliance.homeassistant import HomeAssistantBridge
-from appliance.http import HttpServer
+from appliance.http import HttpServer, network_exposure
 from appliance.instance import InstanceLock
 from appliance.intake import Intake, Shedder
 from appliance.local_requests import LocalReplies, LocalReply
@@ -345,6 +345,9 @@ class Appliance:
             notes.append("random-weight CLAP scorer: clap_similarity means nothing, so the quality "
                          "gate and the CLAP check of semantic hits are off unless forced on "
                          "(set models.clap to a directory of real LAION-CLAP weights)")
+        exposure = network_exposure(self.settings.http.host, self.settings.http.audio_token)
+        if exposure is not None:
+            notes.append(exposure)
         if self._database_state() is False:
             notes.append("the cache database is unreachable: hits come from this node's mirror, "
                          "new clips are delivered but not stored (docs/fleet.md)")

@@ -10,12 +10,20 @@ request for several ranges gets the whole file (``200``), which RFC 9110 allows.
 ``/audio/<key>`` is the cached master (WAV); ``/audio/<key>.<format>`` the clip in one of the
 request formats (``flac``, ``ogg``, ``mp3``, ``wav``), encoded on first use and kept
 (appliance/cache/encoded.py), each with its own Content-Type.
-Binds to 127.0.0.1 unless configured otherwise.
+Binds to 127.0.0.1 unless configured otherwise; another address without ``http.audio_token``
+serves every cached clip to anyone who can reach it, which is allowed (a container must bind
+0.0.0.0 and publishes the port on the host's loopback) but said loudly at start and in
+``appliance status`` (:func:`network_exposure`).
+
+The token is taken from ``Authorization: Bearer`` and, for media players that cannot set a
+header (Home Assistant's ``media_player.play_media``, ESPHome speakers, a browser's
+``<audio src>``), from ``?token=``. Nothing here logs a request line or a query string.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -57,6 +65,9 @@ class HttpServer:
         encoded: EncodedClips | None = None,
     ) -> None:
         encoded = encoded or EncodedClips(cache, max_bytes=256 * 1024**2)
+        exposure = network_exposure(host, audio_token)
+        if exposure is not None:
+            log.warning("AUDIO OPEN TO THE NETWORK: %s", exposure, extra={"host": host, "port": port})
         app = _Endpoints(cache, encoded, metrics, health, readiness, audio_token)
         try:
             self._server = waitress.create_server(
@@ -156,6 +167,21 @@ class _Endpoints:
         if scheme.lower() != "bearer":
             given = request.args.get("token", "")
         return hmac.compare_digest(given.strip().encode(), self._audio_token.encode())
+
+
+def network_exposure(host: str, audio_token: str) -> str | None:
+    """A warning when ``/audio`` answers beyond this machine without a token, else None."""
+    if audio_token or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: it resolves to something other than loopback, presumably
+        pass
+    return (f"http.host is {host!r} and http.audio_token is empty: anyone who reaches this port "
+            "can fetch every cached clip from /audio. Set http.audio_token (at least 16 "
+            "characters), or bind http.host to 127.0.0.1 (a container: publish the port on the "
+            "host's loopback only)")
 
 
 def _probe(probe: HealthProbe) -> Response:
