@@ -187,8 +187,7 @@ class Appliance:
             device=DeviceInfo(self.topics.node, s.homeassistant.device_name
                               or f"Audio generator {self.topics.node}", model_name, base_url),
             summary=self.metrics.summary, workers=self._pool.states,
-            submit_prompt=lambda text: self._log_failure(
-                local.submit({"prompt": text, "deliver": "url"}, source="homeassistant")),
+            submit_prompt=lambda body: self._log_failure(local.submit(body, source="homeassistant")),
         )
         if s.wyoming.enabled:
             self._wyoming = WyomingServer(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__
+from appliance.audio import AUDIO_FORMATS
 from appliance.cli_cache import add_cache_commands
 from appliance.cli_models import add_models_commands
 from appliance.config import Settings, default_config_path, load_settings
@@ -70,6 +71,9 @@ def _build_parser() -> argparse.ArgumentParser:
     request.add_argument("--force", action="store_true", help="bypass the cache")
     request.add_argument("--out", type=_output_file, metavar="FILE",
                          help="write the audio to this file (its directory must exist)")
+    request.add_argument("--format", choices=AUDIO_FORMATS, dest="audio_format",
+                         help="audio format (ogg is Opus); default: the --out file's extension "
+                              "when it names one, else wav")
     request.add_argument("--timeout", type=float, default=900.0, metavar="SECONDS",
                          help="give up when no reply came within this long (default: 900)")
     request.set_defaults(handler=_request)
@@ -93,6 +97,12 @@ def _output_file(value: str) -> Path:
     return path
 
 
+def _format_of(out: Path | None) -> str | None:
+    """``--out rain.mp3`` asks for mp3: a file whose name says one format never holds another."""
+    suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+    return suffix if suffix in AUDIO_FORMATS else None
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from appliance.app import Appliance
 
@@ -111,6 +121,9 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
         body["loop"] = True
     if args.force:
         body["force"] = True
+    audio_format = args.audio_format or _format_of(args.out)
+    if audio_format is not None:
+        body["format"] = audio_format
     body["deliver"] = "mqtt" if args.out else "url"
     topics = Topics.from_settings(settings.node)
     client = RequestClient(settings.broker, topics)

@@ -33,6 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from appliance.audio import AudioFormat
 from appliance.cache.reuse import DEFAULT_THRESHOLDS
 from appliance.errors import ConfigError
 
@@ -291,6 +292,8 @@ class HomeAssistantSettings(_Section):
     prefix: str = Field(default="homeassistant", description="HA's discovery prefix")
     birth_topic: str = Field(default="homeassistant/status", description="HA's birth message")
     device_name: str = Field(default="", description="empty: Audio generator <node>")
+    # mp3: every HA media player and ESPHome speaker plays it, at 1/12 of WAV's size
+    audio_format: AudioFormat = Field(default="mp3", description="format of the clips HA gets")
 
     @field_validator("prefix", "birth_topic")
     @classmethod

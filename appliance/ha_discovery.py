@@ -157,18 +157,20 @@ def state_message(summary: Summary, workers: list[dict[str, Any]],
     }
 
 
-def clip_event(body: dict[str, Any], audio_base_url: str) -> dict[str, Any]:
+def clip_event(body: dict[str, Any], audio_base_url: str, audio_format: str) -> dict[str, Any]:
     """The event message for one served clip (a reply body of the MQTT API).
 
-    The URL is the clip's ``/audio/<key>`` whether or not the request asked for one; a
-    clip that could not be cached has none (``url`` is null).
+    The URL is the clip's ``/audio/<key>.<audio_format>`` whether or not the request asked
+    for a URL, or for that format (HTTP encodes it on first use); a clip that could not be
+    cached has none (``url`` is null).
     """
     stored = body.get("stored", True)
-    url = body.get("audio_url") or (f"{audio_base_url.rstrip('/')}/audio/{body['key']}" if stored else None)
+    url = f"{audio_base_url.rstrip('/')}/audio/{body['key']}.{audio_format}" if stored else None
     event_type = body.get("cache_type")
     return {
         "event_type": event_type if event_type in EVENT_TYPES else "new_generation",
         "url": url,
+        "format": audio_format,
         "prompt": body.get("prompt"),
         "key": body.get("key"),
         "request_id": body.get("request_id"),

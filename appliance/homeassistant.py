@@ -4,8 +4,10 @@ It publishes the discovery configuration (retained) on every new broker connecti
 again whenever HA's birth message says ``online`` (HA forgets MQTT entities when it
 restarts), then the retained state; the state is published again whenever it changes,
 checked on each turn of the main loop. A prompt typed into the text entity becomes a
-request through the supervisor's usual path; every clip served, whatever asked for it,
-fires the event entity (never retained: HA discards retained event messages).
+request through the supervisor's usual path, in ``homeassistant.audio_format``; every clip
+served, whatever asked for it, fires the event entity (never retained: HA discards retained
+event messages) with a URL in that same format, so that an automation always gets one kind
+of file whatever format the request that made the clip asked for.
 
 With ``homeassistant.discovery = false`` it publishes one empty retained configuration on
 connect, which removes the device from HA (the way a node is retired), and nothing else.
@@ -41,7 +43,7 @@ class HomeAssistantBridge:
         audio_base_url: str,
         summary: Callable[[], Summary],
         workers: Callable[[], list[dict[str, Any]]],
-        submit_prompt: Callable[[str], None],
+        submit_prompt: Callable[[dict[str, Any]], None],
     ) -> None:
         self._settings = settings
         self.topics = topics
@@ -80,7 +82,8 @@ class HomeAssistantBridge:
             elif message.topic == self.topics.prompt_command:
                 prompt = message.payload.decode("utf-8", errors="replace")
                 log.info("prompt from Home Assistant", extra={"chars": len(prompt)})
-                self._submit_prompt(prompt)
+                self._submit_prompt({"prompt": prompt, "deliver": "url",
+                                     "format": self._settings.audio_format})
             elif message.topic == self.topics.refresh_command:
                 self.publish_all()
         except Exception:
@@ -129,12 +132,13 @@ class HomeAssistantBridge:
         if not body.get("cached") and isinstance(body.get("generation_s"), int | float):
             with self._lock:
                 self._last_generation_s = round(float(body["generation_s"]), 3)
-        event = clip_event(body, self._audio_base_url)
+        event = clip_event(body, self._audio_base_url, self._settings.audio_format)
         self._publisher.publish(self.topics.clip_event, json.dumps(event).encode(), retain=False)
         self._events += 1
 
     def status(self) -> dict[str, Any]:
         """What ``appliance status`` shows."""
         return {"discovery": self.enabled, "config_topic": self.topics.config,
+                "audio_format": self._settings.audio_format,
                 "configs_published": self._configs_published, "births_seen": self._births,
                 "events_fired": self._events}

@@ -1,12 +1,17 @@
 """`appliance request` as a newcomer meets it: fails fast when nobody serves, says what it
-waits for, refuses a bad --out before generating; --version and plain, complete --help."""
+waits for, refuses a bad --out before generating, asks for the audio format that --format or
+the --out file's extension names; --version and plain, complete --help."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import paho.mqtt.publish as publish
 import pytest
 
@@ -14,6 +19,7 @@ import appliance
 from appliance.cli import _build_parser, main
 from appliance.testing import free_port, write_config
 from tests.conftest import Broker
+from tests.mqtt_helpers import RawClient
 
 NODE = "cli-node"
 STATUS = f"audiogen/{NODE}/status"
@@ -67,6 +73,46 @@ def test_out_into_a_missing_directory_is_refused_before_anything_is_sent(
               "--out", str(missing / "bell.wav")])
     assert info.value.code == 2
     assert f"directory {missing} does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("options", "asked"), [
+    (["--out", "clip.flac"], "flac"),
+    (["--out", "clip.OGG"], "ogg"),
+    (["--format", "mp3", "--out", "clip.bin"], "mp3"),
+    (["--format", "ogg", "--out", "clip.mp3"], "ogg"),  # said outright: it wins
+    (["--out", "clip.raw"], None),  # the node's default (wav)
+])
+def test_request_asks_for_the_format_of_its_option_or_of_the_out_file(
+        broker: Broker, tmp_path: Path, options: list[str], asked: str | None) -> None:
+    """A stand-in node on the real broker answers with bytes that name the format it was asked."""
+    publish.single(STATUS, "online", qos=1, retain=True, hostname=broker.host, port=broker.port)
+    config = tmp_path / "appliance.toml"  # MQTT 3.1.1: the reply address is in the body (reply_to)
+    write_config(config, {"node": {"id": NODE}, "broker": {
+        "host": "127.0.0.1", "port": broker.port, "embedded": False, "protocol": "3.1.1"}})
+    node = RawClient(broker.host, broker.port, f"audiogen/{NODE}/request", protocol=paho.MQTTv311)
+    requests: queue.Queue[dict[str, object]] = queue.Queue()
+
+    def answer() -> None:
+        body = node.next(30).json()
+        requests.put(body)
+        audio_format = str(body.get("format", "wav"))
+        audio_topic = f"{body['reply_to']}/audio"
+        node.publish(audio_topic, f"{audio_format} bytes")
+        node.publish(body["reply_to"], json.dumps({"request_id": body["request_id"], "status": "ok",
+                                                   "format": audio_format, "audio_topic": audio_topic}))
+
+    responder = threading.Thread(target=answer, daemon=True)
+    responder.start()
+    try:
+        out = tmp_path / options[-1]
+        code = main(["request", "a bell", "--config", str(config), "--timeout", "30",
+                     *options[:-1], str(out)])
+    finally:
+        responder.join(30)
+        node.close()
+    assert code == 0
+    assert requests.get_nowait().get("format") == asked
+    assert out.read_bytes() == f"{asked or 'wav'} bytes".encode()
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

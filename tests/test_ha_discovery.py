@@ -159,15 +159,17 @@ def test_value_templates_render_valid_states(workers: list[dict[str, Any]], prob
     assert float(rendered["last_generation"]) == 1.25
 
 
-def test_clip_event_type_is_declared_and_carries_the_url() -> None:
+def test_clip_event_type_is_declared_and_carries_the_url_in_has_format() -> None:
     _, payload = build()
     _, components = expand(payload)
     declared = next(c for c in components.values() if c["platform"] == "event")["event_types"]
     hit = {"cache_type": "semantic", "key": "k1", "cached": True, "prompt": "rain"}
+    # a request that asked for WAV: HA still gets its own format
     generated = {"cache_type": "new_generation", "key": "k2", "stored": True, "cached": False,
-                 "audio_url": "http://box:8380/audio/k2"}
+                 "audio_url": "http://box:8380/audio/k2", "format": "wav"}
     unstored = {"cache_type": "new_generation", "key": "k3", "stored": False, "cached": False}
-    for body, url in ((hit, "http://box:8380/audio/k1"), (generated, "http://box:8380/audio/k2"),
+    for body, url in ((hit, "http://box:8380/audio/k1.mp3"), (generated, "http://box:8380/audio/k2.mp3"),
                       (unstored, None)):
-        event = clip_event(body, "http://box:8380/")
-        assert event["event_type"] in declared and event["url"] == url
+        event = clip_event(body, "http://box:8380/", "mp3")
+        assert event["event_type"] in declared and event["url"] == url and event["format"] == "mp3"
+    assert clip_event(hit, "http://box:8380", "flac")["url"] == "http://box:8380/audio/k1.flac"

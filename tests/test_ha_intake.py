@@ -69,8 +69,8 @@ class HaStack:
                              threads=settings.requests.dispatch_threads)
         local.bind(self.intake.offer)
 
-        def submit(text: str) -> None:  # as app.py's: the reply ends up in the clip event
-            local.submit({"prompt": text, "deliver": "url"}, source="homeassistant")
+        def submit(body: dict[str, Any]) -> None:  # as app.py's: the reply ends up in the clip event
+            local.submit(body, source="homeassistant")
 
         self.bridge = HomeAssistantBridge(
             settings.homeassistant, self.ha_topics, self.mqtt,
@@ -98,6 +98,7 @@ def stalled(broker: Broker, tmp_path: Path) -> Iterator[tuple[HaStack, StalledLo
         "broker": {"host": broker.host, "port": broker.port, "embedded": False},
         "generation": {"default_duration_s": 1.0},
         "requests": {"dispatch_threads": 2},
+        "homeassistant": {"audio_format": "wav"},  # the stored clips are not real audio to encode
     })
     cache = StalledLookups(tmp_path / "cache")
     stack: HaStack | None = None

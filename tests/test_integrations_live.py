@@ -8,6 +8,7 @@ clients and the `wyoming` package's own AsyncTcpClient.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import queue
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+import soundfile
 from paho.mqtt.enums import CallbackAPIVersion
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -26,7 +28,6 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize
 
-from appliance.audio import decode_wav
 from appliance.config import HomeAssistantSettings, NodeSettings
 from appliance.ha_discovery import DeviceInfo, HaTopics
 from appliance.homeassistant import HomeAssistantBridge
@@ -125,11 +126,13 @@ def test_text_entity_prompt_generates_a_clip_and_fires_the_event(stack: Stack, w
     assert not event_message.retain, "HA discards retained event messages"
     event = json.loads(event_message.payload)
     assert event["event_type"] == "new_generation" and event["prompt"] == prompt
-    key = event["url"].rsplit("/", 1)[1]
-    status, audio = stack.service.http_bytes(f"/audio/{key}")
+    name = event["url"].rsplit("/", 1)[1]
+    assert name.endswith(".mp3") and event["format"] == "mp3", "homeassistant.audio_format's default"
+    status, audio = stack.service.http_bytes(f"/audio/{name}")
     assert status == 200
-    waveform, rate = decode_wav(audio)
-    assert rate == 44100 and waveform.shape[0] == 2 and abs(waveform.shape[1] / rate - 2.0) < 0.1
+    info = soundfile.info(io.BytesIO(audio))
+    assert info.format == "MP3" and info.samplerate == 44100 and info.channels == 2
+    assert abs(info.duration - 2.0) < 0.2
 
     watcher.publish(PROMPT, prompt.encode())  # the same prompt again: served from the cache
     again = json.loads(watcher.next(EVENTS).payload)
@@ -152,7 +155,9 @@ def test_event_entity_fires_for_mqtt_requests_too(stack: Stack, watcher: Watcher
     finally:
         client.close()
     event = json.loads(watcher.next(EVENTS).payload)
-    assert event["request_id"] == reply["request_id"] and event["url"] == reply["audio_url"]
+    assert event["request_id"] == reply["request_id"] and reply["format"] == "wav"
+    base = reply["audio_url"].rsplit("/audio/", 1)[0]
+    assert event["url"] == f"{base}/audio/{reply['key']}.mp3", "HA's format, not the request's"
 
 
 async def _exchange(port: int, event: Event) -> list[Event]:
