@@ -238,3 +238,14 @@ def test_an_admin_command_after_the_admin_thread_shut_down_is_answered_unavailab
                                       None, None, 0.0))
         assert wire.wait_for_reply(f"ops/late-{n}")["code"] == "unavailable"  # was: no reply at all
     cache.close()
+
+
+def test_the_documented_reply_example_has_every_field_a_new_generation_reply_carries(
+        make_rig: Any) -> None:
+    rig = make_rig()
+    rig.supervisor.handle(_request("doc", "devices/lamp-1/reply", deliver="both"))
+    Pool.complete(rig.pool.futures[0])
+    reply = rig.wire.wait_for_reply("devices/lamp-1/reply")
+    text = (Path(__file__).parent.parent / "docs" / "mqtt-api.md").read_text()
+    example = text.split("## Reply", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert set(reply) - set(json.loads(example)) == set()
