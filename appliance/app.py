@@ -48,6 +48,7 @@ from appliance.intake import Intake, Shedder
 from appliance.local_requests import LocalReplies, LocalReply
 from appliance.metrics import Metrics
 from appliance.models.embedder import PromptEmbedder
+from appliance.models.generator import random_weight_notes
 from appliance.mqtt import InboundMessage, MqttAdapter
 from appliance.sdnotify import SystemdNotifier
 from appliance.stats import Periodic, WorkerCounts, stats_message
@@ -122,13 +123,8 @@ class Appliance:
         # numpy's BLAS serves one vector search at a time; a second BLAS thread only waits to
         # be scheduled on a core the worker and the embedder already use (docs/cache.md)
         threadpool_limits(limits=1, user_api="blas")
-        if s.models.uses_tiny:
-            log.warning(
-                "NO REAL MODEL CONFIGURED: generating with the TINY RANDOM-WEIGHT TangoFlux "
-                "(noise, for demos and tests). Set models.tangoflux to a TangoFlux directory "
-                "for real audio.",
-                extra={"model_dir": str(s.models.tangoflux_dir())},
-            )
+        for note in random_weight_notes(s):
+            log.warning("NO REAL MODEL: %s", note)
         self._instance = InstanceLock.acquire(s.cache.dir.parent)
         self._broker, self._broker_choice = start_broker(s.broker, s.cache.dir.parent / "broker")
         self._cache = open_store(s.cache, service=True)  # LMDB, or the fleet's PostgreSQL
@@ -335,10 +331,7 @@ class Appliance:
 
     def notes(self) -> list[str]:
         """What an operator must know about the models in use (shown by `appliance status`)."""
-        notes = []
-        if self.settings.models.uses_tiny:
-            notes.append("TINY random-weight TangoFlux: generated audio is noise "
-                         "(set models.tangoflux to a directory of real weights)")
+        notes = random_weight_notes(self.settings)  # each served generator, tiny or full-size
         states = self._pool.states() if self._pool else []
         if self.settings.models.uses_tiny_clap or any(s.get("scorer_random") for s in states):
             notes.append("random-weight CLAP scorer: clap_similarity means nothing, so the quality "

@@ -63,8 +63,15 @@ def test_a_request_chooses_its_model_and_the_cache_never_crosses_models(
     assert "tiny-tangoflux" in error["message"]
 
 
-def test_appliance_request_model_option_reaches_the_sa3_worker(mixed: ServiceProcess) -> None:
+def test_appliance_request_model_option_reaches_the_sa3_worker_and_status_warns_of_both_tiny_models(
+        mixed: ServiceProcess) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    status = subprocess.run([sys.executable, "-m", "appliance", "status", "--json", "--config",
+                             str(mixed.config_path)], capture_output=True, env=env, timeout=60,
+                            check=False)
+    notes = json.loads(status.stdout)["notes"]  # /readyz's body
+    assert any(note.startswith("TINY random-weight TangoFlux") for note in notes), notes
+    assert any(note.startswith("TINY random-weight Stable Audio 3") for note in notes), notes
     done = subprocess.run(
         [sys.executable, "-m", "appliance", "request", "wind through pine trees", "--duration", "1",
          "--model", "sa3", "--steps", "2", "--json", "--config", str(mixed.config_path)],

@@ -135,10 +135,11 @@ def inspect_dir(
 def _random_weights(role: str, name: str, model_dir: Path) -> bool | None:
     """True for our random-weight builds (tiny or full-size), from the names they write."""
     from appliance.models.files import read_json_object
+    from appliance.models.generator import marks_random_weights
 
-    if role == "generator" and name in ("tiny-tangoflux", "random-full-tangoflux"):
-        return True
-    if role in ("generator", "scorer"):
+    if role == "generator":
+        return marks_random_weights(name, model_dir)
+    if role == "scorer":
         try:
             marker = read_json_object(model_dir / "appliance.json")
         except ApplianceError:

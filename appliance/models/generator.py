@@ -46,6 +46,9 @@ SA3_FILES = (
     "scheduler/scheduler_config.json",
 )
 TINY_NAMES: dict[Family, str] = {"tangoflux": "tiny-tangoflux", "sa3": "tiny-sa3"}
+FAMILY_LABELS: dict[Family, str] = {"tangoflux": "TangoFlux", "sa3": "Stable Audio 3"}
+# the names our random-weight builds give themselves (tiny_*.py, random_full*.py)
+RANDOM_NAME_PREFIXES = ("tiny-", "random-full-")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -195,6 +198,33 @@ def generator_specs(models: ModelSettings) -> dict[str, GeneratorSpec]:
         name = sa3_identity(path) if family == "sa3" else generator_identity(path, tiny=False)
         specs[key] = GeneratorSpec(key, name, family, path, False)
     return specs
+
+
+def marks_random_weights(name: str, model_dir: Path) -> bool:
+    """True for our random-weight builds (tiny or full-size), from the names and markers
+    they write; real weights carry neither."""
+    return (name.startswith(RANDOM_NAME_PREFIXES)
+            or _read_json(Path(model_dir) / SA3_NAME_FILE).get("random_weights") is True)
+
+
+def random_weight_notes(settings: Settings) -> list[str]:
+    """One warning per generator the workers serve that holds random weights.
+
+    Such a model generates noise: ``appliance status``, ``/readyz`` and the start-up log
+    show these lines so that nobody ships a tiny model by accident.
+    """
+    specs = generator_specs(settings.models)
+    notes = []
+    for key in dict.fromkeys(entry.model for entry in settings.workers.entries()):
+        spec = specs.get(key)
+        if spec is None or not (spec.tiny or marks_random_weights(spec.name, spec.model_dir)):
+            continue
+        size = "TINY" if spec.tiny or spec.name.startswith("tiny-") else "full-size"
+        setting = f"models.{key}" if key in FAMILIES else f"models.generators.{key}"
+        notes.append(f"{size} random-weight {FAMILY_LABELS[spec.family]} {spec.name!r} (workers' "
+                     f"model {key!r}): generated audio is noise, not for use (set {setting} to "
+                     "a directory of real weights)")
+    return notes
 
 
 @dataclass(frozen=True)
