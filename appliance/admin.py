@@ -220,9 +220,18 @@ class AdminDispatcher:
         source: Source, client_id: str | None, confirm_missing: bool,
     ) -> dict[str, Any]:
         """Log a destructive command; the fields it adds to the reply (``dry_run``, hint)."""
+        amount = f"{report.removed_count} items ({report.freed_bytes} bytes)"
+        if report.dry_run:
+            message = f"cache maintenance: {command} dry run, would remove {amount}"
+        elif report.removed_count:
+            message = f"cache maintenance: {command} removed {amount}"
+        else:
+            message = f"cache maintenance: {command} removed nothing"
+        # a warning only when something went: the line an audit looks for (and the one a CLI
+        # user sees on stderr without any logging set up)
         log.log(
-            logging.INFO if report.dry_run else logging.WARNING,
-            "cache maintenance dry run" if report.dry_run else "cache maintenance removed items",
+            logging.WARNING if report.removed_count and not report.dry_run else logging.INFO,
+            message,
             extra={
                 "admin_command": command, "admin_source": source, "client_id": client_id,
                 "admin_args": args.model_dump(exclude={"confirm"}), "dry_run": report.dry_run,

@@ -146,8 +146,7 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
                 task = bar.add_task("waiting", total=None)
                 reply = client.request(
                     body, timeout_s=args.timeout, want_audio=args.out is not None,
-                    on_progress=lambda step, total: bar.update(
-                        task, description="generating", completed=step, total=total))
+                    on_progress=lambda step, total: bar.update(task, **_progress(step, total)))
         else:
             reply = client.request(body, timeout_s=args.timeout, want_audio=args.out is not None)
     finally:
@@ -171,6 +170,14 @@ def _request(settings: Settings, args: argparse.Namespace) -> int:
         if args.out is not None:
             print(f"wrote {args.out} ({len(reply.audio or b'')} bytes)")
     return 0
+
+
+def _progress(step: int, total: int) -> dict[str, Any]:
+    """The bar's state after a denoising step. After the last one the worker still decodes the
+    latents and scores the clip (seconds on a CPU): the bar says so and pulses, not full and still."""
+    if step < total:
+        return {"description": "generating", "completed": step, "total": total}
+    return {"description": f"decoding and scoring ({total} steps done)", "completed": 0, "total": None}
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -211,7 +212,7 @@ def _with_dispatcher(
         finally:
             store.close()
     except InvalidRequest as exc:
-        _error(args, exc.code, exc.message)
+        _error(args, exc.code, _in_flags(exc.message, args))
         return 2
     except ApplianceError as exc:
         _error(args, exc.code, exc.message)
@@ -246,6 +247,21 @@ def _resize(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# the admin API's argument names (what its messages name) and the options that set them here;
+# positionals (key, out, pattern of remove-pattern) keep their names, as `--help` shows them
+_FLAGS = {"older_than_days": "--older-than", "overwrite": "--overwrite", "threshold": "--threshold",
+          "audio_threshold": "--audio-threshold", "min_clap": "--min-clap", "max_clap": "--max-clap",
+          "limit": "--limit", "top": "--top", "by": "--by", "sort": "--sort", "model": "--model",
+          "prompt": "--prompt", "pattern": "pattern"}
+_NAMED = re.compile(r"(?<![\w-])(" + "|".join(_FLAGS) + r")(?=: )|(?<=\bpass )(" + "|".join(_FLAGS) + r")\b")
+
+
+def _in_flags(message: str, args: argparse.Namespace) -> str:
+    """A message of the admin API with its argument names put as this command's options."""
+    flags = _FLAGS | ({"pattern": "--pattern"} if args.cache_command == "list" else {})
+    return _NAMED.sub(lambda match: flags[match.group(0)], message)
+
+
 def _given(**values: Any) -> dict[str, Any]:
     """The options the user set: unset ones are left to the admin API's defaults."""
     return {name: value for name, value in values.items() if value is not None}
@@ -268,6 +284,12 @@ def _error(args: argparse.Namespace, code: str, message: str) -> None:
 # --------------------------------------------------------------------------------------
 # Rendering: the same sections as rich tables (terminal) or plain text (pipe)
 # --------------------------------------------------------------------------------------
+
+
+# Below this terminal width, tables leave out the columns that `cache show KEY` also gives, so
+# that a 32-character key, the figures and some of the prompt fit on one line (80 columns)
+_WIDE = 110
+_WIDE_ONLY = frozenset({"dur", "loop", "model", "similarity"})
 
 
 class _Out:
@@ -313,6 +335,7 @@ class _Out:
                     print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
     def _flush_rich(self) -> None:
+        from rich import box
         from rich.console import Console
         from rich.table import Table
 
@@ -321,13 +344,24 @@ class _Out:
             if kind == "line":
                 console.print(title, highlight=False, markup=False)
                 continue
-            table = Table(title=title, show_header=kind == "table", title_justify="left")
+            if kind == "table" and console.width < _WIDE:  # the row must fit: keys never wrap
+                keep = [i for i, name in enumerate(columns or []) if name not in _WIDE_ONLY]
+                columns = [(columns or [])[i] for i in keep]
+                rows = [[row[i] for i in keep] for row in rows]
+            table = Table(title=title, show_header=kind == "table", title_justify="left",
+                          box=box.SIMPLE_HEAD, pad_edge=False)
             if kind == "pairs":
-                table.add_column(style="bold")
-                table.add_column()
+                table.add_column(style="bold", no_wrap=True)
+                table.add_column(overflow="fold")
             else:
+                # a key is copied whole into the next command, and a figure is read at a glance:
+                # neither wraps; the prompt takes what is left of the width and wraps
                 for column in columns or []:
-                    table.add_column(column, overflow="fold")
+                    if column == "prompt":
+                        table.add_column(column, overflow="fold")
+                    else:
+                        table.add_column(column, no_wrap=True,
+                                         min_width=32 if column == "key" else None)
             for row in rows:
                 table.add_row(*(_text(v) for v in row))
             console.print(table)
@@ -414,7 +448,7 @@ def _render_list(r: dict[str, Any], out: _Out) -> None:
 
 
 def _render_show(r: dict[str, Any], out: _Out) -> None:
-    out.pairs("item", [(k, v) for k, v in r["item"].items()])
+    out.pairs("item", [(k, _when(v) if k.endswith("_timestamp") else v) for k, v in r["item"].items()])
     out.pairs("storage", [
         ("age", _age(r["age_s"])), ("audio path", r["audio_path"]), ("audio exists", r["audio_exists"]),
         ("audio file bytes", r["audio_file_bytes"]), ("size matches", r["audio_size_matches"]),

@@ -327,7 +327,7 @@ def test_operator_account_runs_destructive_admin_commands_with_confirm_and_is_lo
     done = _admin(operator, "clear", {"confirm": True, "client_id": "ops-console"})
     assert done["status"] == "ok" and done["dry_run"] is False and done["after_items"] == 0
     removal = [json.loads(line) for line in secure_service.log().splitlines()
-               if '"cache maintenance removed items"' in line]
+               if '"msg": "cache maintenance: clear removed ' in line]
     assert removal and removal[-1]["client_id"] == "ops-console"
     assert removal[-1]["admin_command"] == "clear" and removal[-1]["admin_source"] == "mqtt"
     assert _admin(operator, "stats", {})["items"] == 0
