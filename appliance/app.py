@@ -40,6 +40,7 @@ from appliance.cache.semantic import ClapTextScorer, SemanticCache, Vector, ensu
 from appliance.cache.store import CacheStore, EmbedderInfo
 from appliance.config import Settings
 from appliance.errors import ConfigError
+from appliance.fleet_requests import FleetRequests
 from appliance.ha_discovery import DeviceInfo, HaTopics
 from appliance.homeassistant import HomeAssistantBridge
 from appliance.http import HttpServer, network_exposure
@@ -88,6 +89,7 @@ class Appliance:
         self._broker_choice: BrokerChoice | None = None
         self._instance: InstanceLock | None = None
         self._cache: Store | None = None
+        self._fleet_requests: FleetRequests | None = None
         self._pool: WorkerPool | None = None
         self._mqtt: MqttAdapter | None = None
         self._http: HttpServer | None = None
@@ -159,7 +161,12 @@ class Appliance:
             max_payload_bytes=s.requests.max_payload_bytes,
         )
         # Home Assistant's prompts and Wyoming's requests take the same path as MQTT ones
-        local = LocalReplies(self._mqtt, self.topics)
+        # a fleet on PostgreSQL journals the fleet requests it has not answered yet, so that
+        # another node answers them if this one is killed (appliance/fleet_requests.py)
+        if s.cache.backend == "postgres" and self.topics.share_group:
+            self._fleet_requests = FleetRequests(s.cache.postgres_dsn, self.topics, self._offer)
+        local = LocalReplies(self._fleet_requests.publisher(self._mqtt) if self._fleet_requests
+                             else self._mqtt, self.topics)
         catalogue = self._pool.catalogue  # the models the workers serve; one is the default
         model_name = catalogue.default
         semantic, embed = self._semantic_cache() if s.cache.semantic else (None, None)
@@ -170,10 +177,13 @@ class Appliance:
             catalogue=catalogue, encoded=encoded,
         )
         # local requests (HA, Wyoming) take the intake too: its queue, its threads, its `busy`
-        self._intake = Intake(local.dispatcher(self._supervisor.handle),
+        dispatch = local.dispatcher(self._supervisor.handle)
+        self._intake = Intake(self._fleet_requests.dispatcher(dispatch) if self._fleet_requests else dispatch,
                               Shedder(local, self.topics, self.metrics),
                               capacity=s.requests.intake_size, threads=s.requests.dispatch_threads)
         self._intake.start()
+        if self._fleet_requests is not None:
+            self._fleet_requests.start()
         self.metrics.intake_capacity.set(s.requests.intake_size)
         self.metrics.intake_depth.set_function(self._intake.depth)
         self.metrics.mqtt_outgoing_bytes.set_function(lambda: self._mqtt.outgoing_bytes if self._mqtt else 0)
@@ -252,6 +262,10 @@ class Appliance:
             return float(np.dot(text.astype(np.float64), audio_vector.astype(np.float64)))
 
         return check
+
+    def _offer(self, message: InboundMessage) -> None:
+        if self._intake is not None:
+            self._intake.offer(message)
 
     def _on_message(self, message: InboundMessage) -> None:
         if self._admin is not None and self.topics.is_admin(message.topic):
@@ -410,6 +424,8 @@ class Appliance:
             self._mqtt.stop()
         if self._http is not None:
             self._http.stop()
+        if self._fleet_requests is not None:
+            self._fleet_requests.close()
         if self._cache is not None:
             self._cache.close()
         if self._broker is not None:

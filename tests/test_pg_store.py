@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from appliance.cache.pg_store import PgCacheStore
-from appliance.errors import NotFound
+from appliance.errors import GeneratedElsewhere, NotFound
 from tests.test_cache_store import make_item
 
 MB = 1024 * 1024
@@ -143,3 +143,16 @@ def test_the_configuration_chooses_the_backend_and_postgres_needs_a_dsn(
         assert isinstance(store, PgCacheStore) and store.totals().items == 0
     finally:
         store.close()
+
+
+def test_an_identical_prompt_generated_meanwhile_elsewhere_is_stored_once(pg: PgCacheStore) -> None:
+    first = make_item("rain on a tin roof")
+    pg.put(first, b"RIFF" + b"a" * 96, max_items=10, max_bytes=10**9)
+    twin = make_item("rain on a tin roof", ts=first.generation_timestamp + 0.01)  # started before first ended
+    with pytest.raises(GeneratedElsewhere):
+        pg.put(twin, b"RIFF" + b"b" * 96, max_items=10, max_bytes=10**9)
+    assert [i.key for i in pg.items()] == [first.key] and pg.local.read(twin.key, "wav") is None
+    forced = make_item("rain on a tin roof", ts=first.generation_timestamp + 5)  # started after: force
+    pg.put(forced, b"RIFF" + b"c" * 96, max_items=10, max_bytes=10**9)
+    assert {i.key for i in pg.items()} == {first.key, forced.key}
+    assert pg.lookup_exact(first.exact_key) == pg.get(forced.key)

@@ -55,7 +55,7 @@ from appliance.cache.store import (
     PutResult,
     _eviction_rank,
 )
-from appliance.errors import CacheError, CacheUnavailable, NotFound
+from appliance.errors import CacheError, CacheUnavailable, GeneratedElsewhere, NotFound
 
 __all__ = ["PgCacheStore"]
 
@@ -174,6 +174,7 @@ class PgCacheStore:
 
         def write(cur: Cursor) -> PutResult:
             before, count, total = lock_state(cur)
+            _refuse_concurrent_twin(cur, item)
             old = cur.execute("SELECT audio_bytes FROM cache_items WHERE key = %s",
                               (item.key,)).fetchone()
             if old is not None:
@@ -353,3 +354,18 @@ class PgCacheStore:
 
     def _write(self, body: Callable[[Cursor], _T]) -> _T:
         return self._db.write(body)
+
+
+def _refuse_concurrent_twin(cur: Cursor, item: CacheItem) -> None:
+    """Two nodes that missed on the same prompt at once both generate; the second to commit
+    stores nothing (:class:`GeneratedElsewhere`), so the cache holds one item for the prompt.
+    An exact entry older than this generation's start is another matter: this is a forced
+    regeneration, which re-points the key and leaves the older item in place."""
+    row = cur.execute("SELECT i.item FROM cache_exact e JOIN cache_items i ON i.key = e.key"
+                      " WHERE e.exact_key = %s", (item.exact_key,)).fetchone()
+    if row is None:
+        return
+    other = item_of(row[0])
+    if other.key != item.key and other.generation_timestamp > item.generation_timestamp - item.generation_s:
+        raise GeneratedElsewhere(f"an identical prompt generated meanwhile by another node is cached"
+                                 f" as {other.key}; this clip is not stored")
