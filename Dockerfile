@@ -1,20 +1,27 @@
 # syntax=docker/dockerfile:1
-# The audiogen appliance as a CUDA container image (docs/operations.md, "Container").
+# The audiogen appliance as a container image, CPU workers (docs/operations.md, "Container").
 #
-# Base: Debian 12 with its Python 3.11, the platform the project is developed and tested on,
-# NOT an nvidia/cuda image. PyTorch's Linux x86_64 wheels on PyPI are CUDA builds that bring
-# the CUDA runtime, cuBLAS and cuDNN as nvidia-* wheels; the only thing they need from the host
-# is the driver (libcuda), which the NVIDIA Container Toolkit mounts in when the container is
-# started with GPUs (`docker run --gpus all`, or the compose `deploy.resources` block). An
-# nvidia/cuda base would ship a second copy of those libraries.
+# Base: Debian 12 with its Python 3.11, the platform the project is developed and tested on.
+# BASE_IMAGE lets a machine without a registry build from a base made of Debian's own packages
+# (scripts/container-smoke.sh: mmdebstrap, then `podman import`).
 #
 # Install steps are the Makefile's: scripts/install-system-deps.sh (python3.11, venv,
 # mosquitto for the optional embedded broker), then `make venv` (torch==2.13.0 first, alone,
-# then the package with its pinned dependencies). From PyPI that torch is the CUDA build.
+# then the package with its pinned dependencies). The torch is PyTorch's CPU build (2.13.0+cpu,
+# from its CPU index, which pip prefers to PyPI's CUDA build of the same version); the build
+# fails if a CUDA torch got in. The pip settings are build arguments, so that a site's own
+# mirror or wheel directory can serve them (the smoke script passes the host's).
 #
-# Not built in the project's CI (no Docker engine there); tests/test_container_files.py lints
-# it with hadolint and checks that what it copies exists.
-FROM debian:bookworm-slim
+# Built and run by scripts/container-smoke.sh (podman; not part of `make test`);
+# tests/test_container_files.py lints it with hadolint and checks that what it copies exists.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+
+# pip's own environment variables; unset ones are not passed to pip.
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
@@ -32,9 +39,13 @@ RUN apt-get update \
 COPY scripts/install-system-deps.sh scripts/install-system-deps.sh
 RUN sh scripts/install-system-deps.sh && rm -rf /var/lib/apt/lists/*
 
+# The dependencies from pyproject.toml alone, as an editable install of an empty package that
+# the COPY below fills: a change to the code rebuilds only that layer, not torch and the rest.
 COPY Makefile pyproject.toml README.md ./
+RUN mkdir appliance && touch appliance/__init__.py \
+    && make venv \
+    && .venv/bin/python -c "import torch; assert torch.version.cuda is None, 'a CUDA torch: ' + torch.__version__"
 COPY appliance/ appliance/
-RUN make venv
 
 COPY config/appliance.toml /etc/audiogen/appliance.toml
 
@@ -49,17 +60,13 @@ RUN groupadd --system --gid 10001 audiogen \
 # Environment overrides (APPLIANCE_<SECTION>__<KEY>) win over /etc/audiogen/appliance.toml.
 # HTTP on 0.0.0.0 INSIDE the container only: that is the container's own network namespace;
 # publish the port on the host's loopback (`-p 127.0.0.1:8380:8380`, as docker-compose.yml does).
-# Workers: GPU indices as the container sees them (NVIDIA_VISIBLE_DEVICES picks which host GPUs
-# those are); set APPLIANCE_WORKERS__DEVICES='["cpu"]' to run without a GPU.
+# Workers: on the CPU (the torch is a CPU build).
 # The broker is the device's (or compose's `mosquitto`): set APPLIANCE_BROKER__HOST.
 ENV PATH=/opt/audiogen/.venv/bin:$PATH \
     HOME=/var/lib/audiogen \
-    NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    CUDA_DEVICE_ORDER=PCI_BUS_ID \
     APPLIANCE_HTTP__HOST=0.0.0.0 \
     APPLIANCE_HTTP__PORT=8380 \
-    APPLIANCE_WORKERS__DEVICES='["0"]' \
+    APPLIANCE_WORKERS__DEVICES='["cpu"]' \
     APPLIANCE_BROKER__EMBEDDED=false \
     APPLIANCE_CACHE__DIR=/var/lib/audiogen/cache \
     APPLIANCE_MODELS__DIR=/var/lib/audiogen/models

@@ -1,10 +1,12 @@
-"""Dockerfile and docker-compose.yml, checked without a Docker engine (there is none here).
+"""Dockerfile and docker-compose.yml, checked without building (scripts/container-smoke.sh
+builds and runs the image with podman; it is not part of `make test`).
 
 hadolint (installed into .venv by scripts/install-test-tools.sh) lints the Dockerfile with
 .hadolint.yaml; the rest checks what the image promises an operator: every COPY source
-exists, the install steps are the Makefile's, a non-root user, a HEALTHCHECK on /healthz,
-SIGTERM with a grace period that covers the drain, volumes for models and cache, and a
-compose example whose mounted files exist. Missing tools FAIL, never skip.
+exists, the install steps are the Makefile's, a CPU torch (the build fails on a CUDA one),
+a non-root user, a HEALTHCHECK on /healthz, SIGTERM with a grace period that covers the
+drain, volumes for models and cache, and a compose example whose mounted files exist.
+Missing tools FAIL, never skip.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def test_runtime_promises() -> None:
     volumes = " ".join(by_keyword["VOLUME"])
     assert "/var/lib/audiogen/cache" in volumes and "/var/lib/audiogen/models" in volumes
     env = " ".join(by_keyword["ENV"])
-    assert "NVIDIA_VISIBLE_DEVICES=" in env and "APPLIANCE_WORKERS__DEVICES=" in env
+    assert """APPLIANCE_WORKERS__DEVICES='["cpu"]'""" in env
+    runs = " ".join(by_keyword["RUN"])
+    assert "torch.version.cuda is None" in runs, "the build must fail on a CUDA torch"
 
 
 def test_compose_example() -> None:
