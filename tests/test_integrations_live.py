@@ -237,6 +237,7 @@ def test_status_reports_discovery_and_wyoming(stack: Stack) -> None:
     status, body = stack.service.http_json("/readyz")
     assert status == 200
     assert body["homeassistant"]["discovery"] is True and body["homeassistant"]["configs_published"] >= 1
+    assert body["homeassistant"]["audio_format"] == "mp3"
     assert body["wyoming"] == {"enabled": True, "address": f"tcp://127.0.0.1:{stack.wyoming_port}",
                                "voices": ["tiny-tangoflux"]}
 
