@@ -1,45 +1,59 @@
-"""Two nodes' mirrors (appliance/cache/sync.py) on one private PostgreSQL, at the store level.
+"""A fleet of two appliances on one private PostgreSQL and one broker (docs/fleet.md).
 
-- remote_exact_hit_ms: on node B, the exact lookup and the audio of a 1 s clip (176 kB)
-  written by node A, read for the first time (B fetches it from the database into its
-  directory);
-- remote_semantic_hit_ms: the same for a nearest-neighbour search over B's mirrored prompt
-  vectors (``SEMANTIC_ITEMS`` items, 512 dimensions) instead of the exact lookup. Embedding
-  the prompt and the reuse judge are left out: they cost what they cost on a single node;
-- propagation_p50_ms: from A's commit (when its put starts keeping the clip locally) to B's
-  mirror answering the exact lookup, watched by a thread that polls B every 0.2 ms;
-- catch_up_100k_s: a node loading ``CATCH_UP_ITEMS`` items (metadata, exact index, both
-  vectors) from the database, extrapolated linearly to 100,000 items. Measured as a full
-  snapshot load (what a node does at start); catching up through the change log reads the
-  same rows plus the log;
-- writes_per_s: one node's committed puts of 1 s clips with both vectors, one after another.
+Through two real ``appliance serve`` processes (tiny generator, the real prompt embedder),
+each request a round trip over MQTT 5 on loopback, from publish to reply:
+- remote_exact_hit_ms: node B answering, as an exact hit with the clip in the reply
+  (``deliver: mqtt``), a prompt that node A generated, the first time B serves it (B
+  fetches the clip from the database);
+- remote_semantic_hit_ms: the same for a paraphrase (labelled ``match`` pairs of
+  bench/data/prompt_pairs_dev.tsv that B's reuse judge accepts), embedding included;
+- propagation_p50_ms: from A's reply to the request that generated a clip (A stores it
+  before it replies) to B serving it over HTTP (``HEAD /audio/<key>``, polled every ms).
+
+At the store level, on the same database:
+- catch_up_100k_s: a node's mirror catching up through the change log after 100,000
+  items (metadata, exact index, a 384-d prompt vector and a 512-d CLAP vector each) were
+  committed in one transaction, from that commit to the mirror's generation reaching it;
+- writes_per_s: one node's committed puts of 1 s clips with both vectors, one after another
+  (writes are serialised fleet-wide: near the fleet's ceiling).
 
 Medians on this machine. Last line: remote_exact_hit_ms=… remote_semantic_hit_ms=…
 propagation_p50_ms=… catch_up_100k_s=… writes_per_s=…
+
+    .venv/bin/python bench/fleet.py
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
-import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.pg_store import PgCacheStore
 from appliance.cache.store import CacheItem
 from appliance.cache.sync import FleetCache
+from appliance.client import RequestClient
+from appliance.models.tiny import build_tiny_tangoflux
 from appliance.pg_server import PostgresServer, fresh_database
+from appliance.testing import BrokerProcess, ServiceProcess, service_sections
 
 CLIP = os.urandom(176_400)  # 1 s of 44.1 kHz 16-bit stereo
-DIM = 512
-ROUNDS = 50
-SEMANTIC_ITEMS = 2_000
-CATCH_UP_ITEMS = 10_000
+ROUNDS = 20  # requests per appliance-level figure
+WRITES = 50
+CATCH_UP_ITEMS = 100_000
+PAIRS = Path(__file__).parent / "data" / "prompt_pairs_dev.tsv"
 MB = 1024 * 1024
 rng = np.random.default_rng(0)
 
@@ -53,20 +67,141 @@ def _item(prompt: str) -> CacheItem:
         clap_similarity=0.4)
 
 
-def _vector() -> np.ndarray:
-    v = rng.standard_normal(DIM).astype(np.float32)
+def _vector(dimension: int) -> np.ndarray:
+    v = rng.standard_normal(dimension).astype(np.float32)
     return v / np.linalg.norm(v)
-
-
-def _put(store: PgCacheStore, prompt: str, audio: bytes = CLIP) -> CacheItem:
-    item = _item(prompt)
-    store.put(item, audio, max_items=10**7, max_bytes=10**13,
-              prompt_vector=_vector(), clap_vector=_vector())
-    return item
 
 
 def _ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
+
+
+class _Node:
+    """One appliance and a client of it."""
+
+    def __init__(self, root: Path, name: str, broker: BrokerProcess, models: Path, dsn: str) -> None:
+        state = root / name
+        state.mkdir()
+        sections = service_sections(state, broker, models)
+        sections["node"] = {"id": name, "share_group": "fleet"}
+        sections["cache"].update({"backend": "postgres", "postgres_dsn": dsn})
+        self.service = ServiceProcess.start(state, sections)
+        self.broker = broker
+
+    def connect(self) -> None:
+        self.service.wait_ready(300)
+        self.client = RequestClient(self.broker.settings(), self.service.topics)
+        self.client.connect()
+
+    def ask(self, prompt: str) -> tuple[dict[str, Any], float]:
+        start = time.perf_counter()
+        reply = self.client.request({"prompt": prompt, "duration_s": 1, "steps": 1, "deliver": "mqtt"},
+                                    timeout_s=300)
+        elapsed = time.perf_counter() - start
+        assert reply.body["status"] == "ok", reply.body
+        return reply.body, elapsed
+
+    def close(self) -> None:
+        self.client.close()
+        self.service.stop()
+
+
+def _match_pairs() -> list[tuple[str, str]]:
+    rows = [line.split("\t") for line in PAIRS.read_text().splitlines() if not line.startswith("#")]
+    return [(row[1].strip(), row[2].strip()) for row in rows if len(row) == 3 and row[0] == "match"]
+
+
+def _appliances(root: Path, dsn: str) -> tuple[list[float], list[float], list[float], int]:
+    """Exact hits, semantic hits and propagation through two appliance processes."""
+    models = root / "models"
+    build_tiny_tangoflux(models / "tiny-tangoflux")
+    broker = BrokerProcess.start(root / "broker")
+    a = _Node(root, "node-a", broker, models, dsn)
+    b = _Node(root, "node-b", broker, models, dsn)
+    exact, semantic, propagation = [], [], []
+    try:
+        a.connect()
+        b.connect()
+        for i in range(ROUNDS):
+            made, _ = a.ask(f"a bell ringing {i} times in a courtyard")
+            stored = time.perf_counter()
+            while b.service.http_bytes(f"/audio/{made['key']}")[0] != 200:
+                time.sleep(0.001)
+            propagation.append(time.perf_counter() - stored)
+        for i in range(ROUNDS):
+            made, _ = a.ask(f"a door creaking open {i} times")
+            time.sleep(0.5)  # far beyond the propagation time: B holds the item, not its clip
+            hit, elapsed = b.ask(f"a door creaking open {i} times")
+            assert hit["cached"] and hit["key"] == made["key"], hit
+            exact.append(elapsed)
+        pairs = _match_pairs()
+        for original, paraphrase in pairs[:ROUNDS * 2]:
+            a.ask(original)
+            time.sleep(0.5)
+            hit, elapsed = b.ask(paraphrase)
+            if hit["cached"] and hit.get("match_type") == "semantic":
+                semantic.append(elapsed)
+        return exact, semantic, propagation, min(len(pairs), ROUNDS * 2)
+    finally:
+        a.close()
+        b.close()
+        broker.stop()
+
+
+def _writes(dsn: str, root: Path) -> list[float]:
+    store = PgCacheStore(dsn, root / "writer", local_audio_bytes=2048 * MB)
+    try:
+        samples = []
+        for i in range(WRITES):
+            item = _item(f"write {i}")
+            start = time.perf_counter()
+            store.put(item, CLIP, max_items=10**7, max_bytes=10**13,
+                      prompt_vector=_vector(384), clap_vector=_vector(512))
+            samples.append(time.perf_counter() - start)
+        return samples
+    finally:
+        store.close()
+
+
+def _catch_up(dsn: str, root: Path) -> float:
+    """Commit CATCH_UP_ITEMS items in one transaction (one generation each, as that many puts
+    would) and time a running mirror catching up through the change log."""
+    mirror = FleetCache(dsn, root / "mirror", local_audio_bytes=64 * MB)
+    try:
+        while not mirror.connected.is_set():
+            time.sleep(0.01)
+        with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+            row = cur.execute("SELECT generation FROM cache_state FOR UPDATE").fetchone()
+            assert row is not None
+            generation = int(row[0])
+            items = [_item(f"catch-up {i}") for i in range(CATCH_UP_ITEMS)]
+            with cur.copy("COPY cache_items FROM STDIN") as copy:
+                for item in items:
+                    copy.write_row((item.key, Jsonb(asdict(item)), 1, 0.0,
+                                    _vector(384).tobytes(), _vector(512).tobytes()))
+            with cur.copy("COPY cache_audio FROM STDIN") as copy:
+                for item in items:
+                    copy.write_row((item.key, b"x"))
+            with cur.copy("COPY cache_exact FROM STDIN") as copy:
+                for item in items:
+                    copy.write_row((item.exact_key, item.key))
+            with cur.copy("COPY cache_changes FROM STDIN") as copy:
+                for n, item in enumerate(items, start=generation + 1):
+                    copy.write_row((n, item.key, "p"))
+            target = generation + CATCH_UP_ITEMS
+            cur.execute("UPDATE cache_state SET generation = %s, items = items + %s,"
+                        " total_bytes = total_bytes + %s", (target, CATCH_UP_ITEMS, CATCH_UP_ITEMS))
+            cur.execute("SELECT pg_notify('audiogen_cache', %s)", (str(target),))
+            conn.commit()
+            committed = time.perf_counter()
+        while mirror.generation() < target:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - committed
+        assert mirror.full_reloads == 1, "caught up through the change log, not a reload"
+        assert len(mirror.prompt_vectors()[0]) >= CATCH_UP_ITEMS
+        return elapsed
+    finally:
+        mirror.close()
 
 
 def main() -> None:
@@ -74,68 +209,16 @@ def main() -> None:
     databases = fresh_database(server)
     dsn = next(databases)
     root = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
-    a = FleetCache(dsn, root / "a", local_audio_bytes=2048 * MB)
-    b = FleetCache(dsn, root / "b", local_audio_bytes=2048 * MB)
     try:
-        while not b.connected.is_set():
-            time.sleep(0.01)
-        writes, propagation, exact, semantic = [], [], [], []
-        committed: list[float] = []
-        keep_locally = a.local.write
-
-        def timed_write(*args: object) -> None:  # called right after the commit
-            committed.append(time.perf_counter())
-            keep_locally(*args)  # type: ignore[arg-type]
-
-        setattr(a.local, "write", timed_write)  # noqa: B010 - instrumentation for the bench only
-        for i in range(ROUNDS):
-            seen: list[float] = []
-            wanted = exact_key(f"round {i}", model="m", duration_s=1.0, loop=False)
-
-            def watch(key: str = wanted, seen: list[float] = seen) -> None:
-                while b.lookup_exact(key) is None:
-                    time.sleep(0.0002)
-                seen.append(time.perf_counter())
-
-            watcher = threading.Thread(target=watch)
-            watcher.start()
-            start = time.perf_counter()
-            item = _put(a, f"round {i}")
-            writes.append(time.perf_counter() - start)
-            watcher.join()
-            propagation.append(seen[0] - committed[-1])
-            start = time.perf_counter()
-            found = b.lookup_exact(item.exact_key)
-            assert found is not None and len(b.read_audio(found)) == len(CLIP)
-            exact.append(time.perf_counter() - start)
-        for i in range(SEMANTIC_ITEMS - ROUNDS):  # vectors only: the search runs over them all
-            _put(a, f"filler {i}", b"x")
-        targets = [_put(a, f"target {i}") for i in range(ROUNDS)]
-        while b.generation() < a.generation():
-            time.sleep(0.01)
-        for target in targets:
-            query = b.prompt_vector(target.key)
-            assert query is not None
-            start = time.perf_counter()
-            keys, matrix = b.prompt_vectors()
-            nearest = keys[int(np.argmax(matrix @ query))]
-            assert len(b.read_audio(b.get(nearest))) == len(CLIP)
-            semantic.append(time.perf_counter() - start)
-        for i in range(CATCH_UP_ITEMS - a.totals().items):
-            _put(a, f"catch-up {i}", b"x")
-        start = time.perf_counter()
-        joining = FleetCache(dsn, root / "c", local_audio_bytes=64 * MB)
-        load_s = time.perf_counter() - start
-        loaded = len(joining.prompt_vectors()[0])
-        joining.close()
-        print(f"items_loaded={loaded} load_s={load_s:.2f} (extrapolated x{100_000 / loaded:.1f})")
+        exact, semantic, propagation, tried = _appliances(root, dsn)
+        print(f"semantic hits: {len(semantic)} of {tried} paraphrases")
+        writes = _writes(dsn, root)
+        catch_up_s = _catch_up(dsn, root)
     finally:
-        a.close()
-        b.close()
         next(databases, None)  # drops the database
         server.remove()
     print(f"remote_exact_hit_ms={_ms(exact)} remote_semantic_hit_ms={_ms(semantic)} "
-          f"propagation_p50_ms={_ms(propagation)} catch_up_100k_s={load_s * 100_000 / loaded:.1f} "
+          f"propagation_p50_ms={_ms(propagation)} catch_up_100k_s={catch_up_s:.1f} "
           f"writes_per_s={1 / statistics.median(writes):.0f}")
 
 
