@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from appliance.cache.pg_store_schema import Cursor
+from appliance.cache.pg_store_schema import SCHEMA_LOCK, Cursor
 from appliance.cache.pg_store_session import PgSession
 from appliance.errors import CacheError
 from appliance.mqtt import InboundMessage
@@ -79,6 +79,11 @@ class FleetRequests:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the journal holds the database (fleet requests are journaled)."""
+        return self._connected_at is not None
 
     def close(self) -> None:
         self._stop.set()
@@ -172,7 +177,9 @@ class FleetRequests:
 
     def _tick(self) -> None:
         def beat(cur: Cursor) -> datetime:
-            cur.execute(_SCHEMA)
+            if self._connected_at is None:  # first beat since (re)connecting: two nodes may create
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                cur.execute(_SCHEMA)
             row = cur.execute(
                 "INSERT INTO fleet_nodes VALUES (%s, now()) ON CONFLICT (node) DO UPDATE"
                 " SET seen_at = excluded.seen_at RETURNING seen_at", (self._topics.node,)).fetchone()
