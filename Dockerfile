@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# The audiogen appliance as a container image, CPU workers (docs/operations.md, "Container").
+# The audiogen appliance as a container image: CPU workers by default, GPU workers with
+# TORCH=cuda (docs/operations.md, "Container").
 #
 # Base: Debian 12 with its Python 3.11, the platform the project is developed and tested on.
 # BASE_IMAGE lets a machine without a registry build from a base made of Debian's own packages
@@ -17,6 +18,11 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
+# TORCH=cpu (default): PyTorch's CPU build, workers on the CPU. TORCH=cuda: PyPI's torch 2.13.0,
+# which is the CUDA build, for a GPU host (run with the NVIDIA container toolkit, e.g.
+# `--gpus all`, and set APPLIANCE_WORKERS__DEVICES='["0", "1"]'); build it with
+# `--build-arg TORCH=cuda --build-arg PIP_EXTRA_INDEX_URL=` so that the CPU index is not read.
+ARG TORCH=cpu
 # pip's own environment variables; unset ones are not passed to pip.
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_INDEX_URL
@@ -44,7 +50,7 @@ RUN sh scripts/install-system-deps.sh && rm -rf /var/lib/apt/lists/*
 COPY Makefile pyproject.toml README.md ./
 RUN mkdir appliance && touch appliance/__init__.py \
     && make venv \
-    && .venv/bin/python -c "import torch; assert torch.version.cuda is None, 'a CUDA torch: ' + torch.__version__"
+    && .venv/bin/python -c "import sys, torch; cuda = torch.version.cuda is not None; sys.exit(0 if cuda == (sys.argv[1] == 'cuda') else 'TORCH=' + sys.argv[1] + ' but torch ' + torch.__version__)" "${TORCH}"
 COPY appliance/ appliance/
 
 COPY config/appliance.toml /etc/audiogen/appliance.toml
@@ -60,7 +66,7 @@ RUN groupadd --system --gid 10001 audiogen \
 # Environment overrides (APPLIANCE_<SECTION>__<KEY>) win over /etc/audiogen/appliance.toml.
 # HTTP on 0.0.0.0 INSIDE the container only: that is the container's own network namespace;
 # publish the port on the host's loopback (`-p 127.0.0.1:8380:8380`, as docker-compose.yml does).
-# Workers: on the CPU (the torch is a CPU build).
+# Workers: on the CPU (a TORCH=cuda image: set APPLIANCE_WORKERS__DEVICES to the GPU indices).
 # The broker is the device's (or compose's `mosquitto`): set APPLIANCE_BROKER__HOST.
 ENV PATH=/opt/audiogen/.venv/bin:$PATH \
     HOME=/var/lib/audiogen \

@@ -3,7 +3,7 @@ builds and runs the image with podman; it is not part of `make test`).
 
 hadolint (installed into .venv by scripts/install-test-tools.sh) lints the Dockerfile with
 .hadolint.yaml; the rest checks what the image promises an operator: every COPY source
-exists, the install steps are the Makefile's, a CPU torch (the build fails on a CUDA one),
+exists, the install steps are the Makefile's, the torch build TORCH asks for (CPU by default),
 a non-root user, a HEALTHCHECK on /healthz, SIGTERM with a grace period that covers the
 drain, volumes for models and cache, and a compose example whose mounted files exist.
 Missing tools FAIL, never skip.
@@ -78,8 +78,17 @@ def test_runtime_promises() -> None:
     assert "/var/lib/audiogen/cache" in volumes and "/var/lib/audiogen/models" in volumes
     env = " ".join(by_keyword["ENV"])
     assert """APPLIANCE_WORKERS__DEVICES='["cpu"]'""" in env
-    runs = " ".join(by_keyword["RUN"])
-    assert "torch.version.cuda is None" in runs, "the build must fail on a CUDA torch"
+
+
+def test_the_build_fails_when_the_torch_is_not_the_flavour_asked_for() -> None:
+    """The Dockerfile's own torch check, run here against this CPU torch."""
+    runs = " ".join(args for keyword, args in instructions() if keyword == "RUN")
+    found = re.search(r'python -c "([^"]*torch\.version\.cuda[^"]*)" "\$\{TORCH\}"', runs)
+    assert found, "the build must check that torch is the build TORCH asks for"
+    check = [str(ROOT / ".venv" / "bin" / "python"), "-c", found.group(1)]
+    assert subprocess.run([*check, "cpu"], capture_output=True, timeout=120).returncode == 0
+    refused = subprocess.run([*check, "cuda"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "TORCH=cuda but torch" in refused.stderr
 
 
 def test_compose_example() -> None:
