@@ -1,7 +1,7 @@
 """Two `appliance serve` processes on one broker, one share group and one PostgreSQL cache.
 
-One pair of nodes serves every test of this module (starting one costs seconds of CPU); the
-test that kills a node runs last.
+One pair of nodes on a PostgreSQL of their own serves every test of this module (starting a
+node costs seconds of CPU); the tests that kill the database and then a node run last.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from appliance.client import RequestClient
-from appliance.pg_server import PostgresServer, fresh_database
+from appliance.pg_server import PostgresServer
 from appliance.testing import BrokerProcess, ServiceProcess, service_sections
 from tests.mqtt_helpers import RawClient
 from tests.test_pg_sync import wait_for
@@ -30,8 +30,12 @@ from tests.test_pg_sync import wait_for
 @dataclass
 class Fleet:
     broker: BrokerProcess
-    dsn: str
+    server: PostgresServer
     nodes: dict[str, ServiceProcess]
+
+    @property
+    def dsn(self) -> str:
+        return self.server.dsn
 
     def ask(self, node: str, prompt: str, **fields: Any) -> dict[str, Any]:
         client = RequestClient(self.broker.settings(), self.nodes[node].topics)
@@ -55,12 +59,11 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
-          postgres_server: PostgresServer) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("fleet")
     broker = BrokerProcess.start(root / "broker")
-    database = fresh_database(postgres_server)
-    dsn = next(database)
+    server = PostgresServer.create()  # killed by a test: not the session's shared server
+    dsn = server.dsn
     nodes: dict[str, ServiceProcess] = {}
     try:
         for node_id in ("node-a", "node-b"):
@@ -72,12 +75,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, models_dir: Path,
             nodes[node_id] = ServiceProcess.start(state, sections)
         for node in nodes.values():
             node.wait_ready()
-        yield Fleet(broker, dsn, nodes)
+        yield Fleet(broker, server, nodes)
     finally:
         for node in nodes.values():
             node.stop()
         broker.stop()
-        database.close()
+        server.remove()
 
 
 def test_a_prompt_generated_on_a_is_an_exact_hit_on_b_and_a_removal_on_b_is_seen_on_a(fleet: Fleet) -> None:
@@ -110,8 +113,8 @@ def test_a_paraphrase_of_a_prompt_generated_on_a_is_a_semantic_hit_on_b(fleet: F
 
 def test_identical_prompts_at_both_nodes_at_once_are_both_answered_and_stored_once(fleet: Fleet) -> None:
     prompt = "a steam train leaving a station"
-    with ThreadPoolExecutor(2) as pool:  # 20 steps: both look up long before either stores
-        replies = list(pool.map(lambda node: fleet.ask(node, prompt, steps=20), ["node-a", "node-b"]))
+    with ThreadPoolExecutor(2) as pool:  # 12 steps: both look up long before either stores
+        replies = list(pool.map(lambda node: fleet.ask(node, prompt, steps=12), ["node-a", "node-b"]))
     stored = fleet.stored_keys(prompt)
     assert len(stored) == 1
     generated = [r for r in replies if not r["cached"]]  # both, as nobody waits on a peer
@@ -120,6 +123,36 @@ def test_identical_prompts_at_both_nodes_at_once_are_both_answered_and_stored_on
     wait_for(lambda: fleet.serves("node-a", stored[0]) and fleet.serves("node-b", stored[0]), 30)
     again = fleet.ask("node-b", prompt)
     assert (again["cached"], again["key"]) == (True, stored[0])
+
+
+def _database_up(node: ServiceProcess) -> str:
+    """The value of ``audiogen_cache_database_up`` in the node's /metrics."""
+    status, body = node.http_bytes("/metrics")
+    assert status == 200
+    lines = [line for line in body.decode().splitlines() if line.startswith("audiogen_cache_database_up ")]
+    assert len(lines) == 1
+    return lines[0].split()[1]
+
+
+def _readiness(node: ServiceProcess) -> tuple[int, str, str]:
+    status, body = node.http_json("/readyz")
+    return status, body["status"], body["cache"].get("database", "")
+
+
+def test_readiness_and_metric_follow_the_database_connection(fleet: Fleet) -> None:
+    nodes = list(fleet.nodes.values())
+    held = fleet.ask("node-a", "a clock ticking in an empty hall")
+    wait_for(lambda: fleet.serves("node-b", held["key"]), 30)
+    assert all(_readiness(n) == (200, "ready", "connected") and _database_up(n) == "1.0" for n in nodes)
+    fleet.server.kill()  # -9: postmaster and backends at once
+    wait_for(lambda: all(_database_up(n) == "0.0" for n in nodes), 30)
+    for node in nodes:
+        assert _readiness(node) == (200, "degraded", "lost")  # still serving from its mirror
+        assert any("cache database is unreachable" in n for n in node.http_json("/readyz")[1]["notes"])
+    assert fleet.ask("node-b", "a clock ticking in an empty hall")["cached"] is True
+    fleet.server.start()
+    wait_for(lambda: all(_database_up(n) == "1.0" for n in nodes), 30)
+    assert all(_readiness(n) == (200, "ready", "connected") for n in nodes)
 
 
 def test_a_node_killed_during_a_generation_leaves_its_fleet_request_to_the_other(fleet: Fleet) -> None:
