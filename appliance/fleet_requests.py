@@ -207,9 +207,12 @@ class FleetRequests:
         claimed = self._db.write(lambda cur: cur.execute(
             _CLAIM, {"me": self._topics.node, "started": self._started}).fetchall())
         for row_id, handoffs, topic, payload, response_topic, correlation, reply_topic in claimed:
-            self._take_over(int(row_id), int(handoffs), InboundMessage(
-                topic, bytes(payload), response_topic, None if correlation is None else bytes(correlation),
-                time.perf_counter()), (reply_topic, None if correlation is None else bytes(correlation)))
+            message = InboundMessage(topic, bytes(payload), response_topic,
+                                     None if correlation is None else bytes(correlation), time.perf_counter())
+            # where this node will reply: a request named only by its request_id is answered
+            # on this node's reply topic, not on the one the gone node would have used
+            key = self._reply_key(message) or (reply_topic, message.correlation_data)
+            self._take_over(int(row_id), int(handoffs), message, key)
 
     def _take_over(self, row_id: int, handoffs: int, message: InboundMessage, key: ReplyKey) -> None:
         if handoffs > _MAX_HANDOFFS:

@@ -53,15 +53,22 @@ def test_unanswered_fleet_requests_of_a_silent_node_are_served_by_another(postgr
         a.dispatcher(lambda m: None)(_request("storm"))  # a miss: answered later, or never
         a.dispatcher(lambda m: None)(_request("wind"))
         sent_a.publish("dev/wind", b"{}", correlation_data=b"wind")  # wind's reply: its row goes
-        assert _journaled(postgres_dsn) == [("node-a", "dev/storm")]
+        hail = b'{"prompt": "hail", "request_id": "r-1"}'
+        named = InboundMessage("audiogen/request", hail, None, None, 0.0)
+        a.dispatcher(lambda m: None)(named)  # answered on the reply topic of the node serving it
+        assert _journaled(postgres_dsn) == [("node-a", "dev/storm"), ("node-a", "audiogen/node-a/reply/r-1")]
 
         a.close()  # silent from now on, as a node killed with -9 is
-        taken = offered.get(timeout=30)
-        assert (taken.topic, taken.response_topic, taken.correlation_data) == (
+        taken = [offered.get(timeout=30), offered.get(timeout=30)]
+        assert (taken[0].topic, taken[0].response_topic, taken[0].correlation_data) == (
             "audiogen/request", "dev/storm", b"storm")
-        assert taken.payload == b'{"prompt": "storm"}' and b.handed_over == 1
-        assert _journaled(postgres_dsn) == [("node-b", "dev/storm")]
-        b.publisher(_Sent()).publish("dev/storm", b"{}", correlation_data=b"storm")
+        assert taken[0].payload == b'{"prompt": "storm"}'
+        assert (taken[1].payload, taken[1].response_topic, taken[1].correlation_data) == (hail, None, None)
+        assert [owner for owner, _ in _journaled(postgres_dsn)] == ["node-b", "node-b"] and b.handed_over == 2
+        b.dispatcher(lambda m: None)(taken[1])  # b's intake: journaled already, not again
+        sent_b = b.publisher(_Sent())
+        sent_b.publish("dev/storm", b"{}", correlation_data=b"storm")
+        sent_b.publish("audiogen/node-b/reply/r-1", b"{}")
         assert _journaled(postgres_dsn) == []
         assert offered.empty()
     finally:
