@@ -220,7 +220,8 @@ class Appliance:
         info = EmbedderInfo(embedder.name, embedder.dimension)
         reembedded = ensure_embedder(store, info, embedder.embed)
         tau_reuse = None if s.cache.tau_reuse == "model" else float(s.cache.tau_reuse)
-        judge = ReuseJudge(embedder.embed, ReuseThresholds(s.cache.tau_semantic, tau_reuse))
+        judge = ReuseJudge(embedder.embed, ReuseThresholds(s.cache.tau_semantic, tau_reuse),
+                           token_vectors=embedder.token_vectors)
         clap_check = self._clap_text_check()
         semantic = SemanticCache(store, judge, dimension=embedder.dimension, top_k=s.cache.top_k,
                                  clap_check=clap_check, tau_clap_reuse=s.cache.tau_clap_reuse)

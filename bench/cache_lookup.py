@@ -183,7 +183,8 @@ def cache_figures(
             fill_s = time.perf_counter() - t0
 
             store = CacheStore(directory)
-            semantic = SemanticCache(store, ReuseJudge(embedder.embed, DEFAULT_THRESHOLDS),
+            judge = ReuseJudge(embedder.embed, DEFAULT_THRESHOLDS, token_vectors=embedder.token_vectors)
+            semantic = SemanticCache(store, judge,
                                      dimension=real.shape[1], top_k=8)
             t0 = time.perf_counter()
             semantic.sync()  # the rebuild from LMDB a start (or a foreign write) costs

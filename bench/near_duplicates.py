@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     captions = load_captions(args.csv)
     thresholds = ReuseThresholds(tau_semantic=args.tau_semantic, tau_reuse=args.tau_reuse)
     embedder = PromptEmbedder.from_dir()
-    judge = ReuseJudge(embedder.embed, thresholds)
+    judge = ReuseJudge(embedder.embed, thresholds, token_vectors=embedder.token_vectors)
     t0 = time.perf_counter()
     vectors = embedder.embed(captions)
     embed_s = time.perf_counter() - t0

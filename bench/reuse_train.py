@@ -41,6 +41,7 @@ from reuse_pairs import (  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
+from appliance.cache.reuse.alignment import WordVectorMemo  # noqa: E402
 from appliance.cache.reuse.analysis import analyse_prompt  # noqa: E402
 from appliance.cache.reuse.conflicts import find_conflicts  # noqa: E402
 from appliance.cache.reuse.features import EmbeddingMemo, PairFeatures, pair_features  # noqa: E402
@@ -55,7 +56,8 @@ L2 = 1.0
 SEED = 0
 # The model may only trust similarity more, never less: a monotone model cannot learn the
 # accident of one file ("long pairs that look alike differ") that inverts on the next.
-SIGNS = {"cosine": 1, "residual_cosine": 1, "clause_cover": 1, "clause_worst": 1, "one_sided_scales": -1}
+SIGNS = {"cosine": 1, "residual_cosine": 1, "word_align_mean": 1, "word_align_worst": 1,
+         "one_sided_scales": -1}
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,17 @@ class Row:
 def featurise(pairs: list[Pair], embedder: PromptEmbedder) -> list[Row]:
     """Conflicts and features of every pair, with the embedder the service uses."""
     memo = EmbeddingMemo(embedder.embed, capacity=200_000)
+    words = WordVectorMemo(embedder.token_vectors, capacity=200_000)
     lexicon = default_lexicon()
     texts = sorted({t for p in pairs for t in (p.a, p.b)})
     whole = dict(zip(texts, embedder.embed(texts), strict=True))
+    words.words(texts)  # one batched pass over every prompt
     rows = []
     for p in pairs:
         a, b = analyse_prompt(p.a), analyse_prompt(p.b)
         cosine = float(whole[p.a] @ whole[p.b])
         conflicts = tuple(find_conflicts(a, b, lexicon, memo.similarity))
-        rows.append(Row(p, conflicts, pair_features(a, b, cosine, memo, lexicon).vector()))
+        rows.append(Row(p, conflicts, pair_features(a, b, cosine, memo, words, lexicon).vector()))
     return rows
 
 

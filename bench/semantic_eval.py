@@ -34,7 +34,7 @@ TARGET_PRECISION = 0.97
 
 
 def judge_pairs(pairs: list[Pair], embedder: PromptEmbedder) -> list[tuple[Pair, float, ReuseDecision]]:
-    judge = ReuseJudge(embedder.embed)
+    judge = ReuseJudge(embedder.embed, token_vectors=embedder.token_vectors)
     texts = sorted({t for p in pairs for t in (p.a, p.b)})
     vectors = dict(zip(texts, embedder.embed(texts), strict=True))
     out = []

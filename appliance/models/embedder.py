@@ -13,21 +13,25 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from appliance.errors import ModelError
 from appliance.models.files import offline_hub
 
-__all__ = ["PromptEmbedder", "default_embedder_dir"]
+__all__ = ["PromptEmbedder", "TokenVectors", "default_embedder_dir"]
 
 # Files without which a directory cannot be a sentence-transformers / BERT model.
 _REQUIRED_FILES = ("config.json",)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+# embed() calls of up to this many texts keep their token vectors for token_vectors().
+_REMEMBER_UP_TO = 32  # the lookup path's largest batch
+_RECENT_CAPACITY = 256
 
 
 def default_embedder_dir() -> Path:
@@ -75,6 +79,14 @@ def _check_dir(model_dir: Path) -> None:
         raise ModelError(f"embedder model directory {model_dir}: bad config.json: {exc}") from exc
 
 
+class TokenVectors(NamedTuple):
+    """One text's contextual token vectors: ``spans[i]`` is the (start, end) character span
+    of row ``vectors[i]`` in the text (special tokens left out)."""
+
+    spans: list[tuple[int, int]]
+    vectors: np.ndarray
+
+
 class PromptEmbedder:
     """Turns prompts into L2-normalised float32 vectors (one row per prompt)."""
 
@@ -88,6 +100,7 @@ class PromptEmbedder:
         self.model_dir = model_dir
         # torch modules are not safe to call from several threads at once on one model.
         self._lock = threading.Lock()
+        self._recent: OrderedDict[str, TokenVectors] = OrderedDict()  # texts just embedded
 
     @classmethod
     def from_dir(cls, model_dir: Path | None = None, *, threads: int = 1) -> PromptEmbedder:
@@ -125,7 +138,11 @@ class PromptEmbedder:
         return cls(model, name=_model_name(path), dimension=int(dim), model_dir=path)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts``: shape ``(len(texts), dimension)``, float32, unit L2 norm."""
+        """Embed ``texts``: shape ``(len(texts), dimension)``, float32, unit L2 norm.
+
+        A small call (a lookup's one prompt) also remembers each text's token vectors, so
+        that :meth:`token_vectors` right after it costs no second pass of the model.
+        """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of strings, not one string")
         items = list(texts)
@@ -134,14 +151,54 @@ class PromptEmbedder:
         import torch
 
         with self._lock, torch.inference_mode():
-            vectors = self._model.encode(
-                items,
-                batch_size=32,
-                convert_to_numpy=True,
-                normalize_embeddings=False,
-                show_progress_bar=False,
-            )
+            if len(items) <= _REMEMBER_UP_TO:
+                outputs = self._model.encode(
+                    items, batch_size=32, output_value=None, convert_to_numpy=False,
+                    show_progress_bar=False,
+                )
+                vectors = torch.stack([o["sentence_embedding"] for o in outputs]).float().numpy()
+                for text, output in zip(items, outputs, strict=True):
+                    self._remember(text, self._tokens_of(text, output["token_embeddings"]))
+            else:
+                vectors = self._model.encode(
+                    items, batch_size=32, convert_to_numpy=True, normalize_embeddings=False,
+                    show_progress_bar=False,
+                )
         out = np.asarray(vectors, dtype=np.float32).reshape(len(items), self.dimension)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         norms[norms == 0.0] = 1.0
         return np.ascontiguousarray(out / norms, dtype=np.float32)
+
+    def token_vectors(self, texts: Sequence[str]) -> list[TokenVectors]:
+        """Each text's contextual token vectors from the same model, for word alignment."""
+        items = list(texts)
+        with self._lock:
+            known = {t: self._recent[t] for t in items if t in self._recent}
+        missing = list(dict.fromkeys(t for t in items if t not in known))
+        if missing:
+            import torch
+
+            with self._lock, torch.inference_mode():
+                outputs = self._model.encode(
+                    missing, batch_size=32, output_value="token_embeddings",
+                    convert_to_numpy=False, show_progress_bar=False,
+                )
+                known.update((text, self._tokens_of(text, tokens))
+                             for text, tokens in zip(missing, outputs, strict=True))
+        return [known[t] for t in items]
+
+    def _tokens_of(self, text: str, tokens: Any) -> TokenVectors:
+        """Pair each real token's row (padding dropped) with its character span."""
+        limit = int(getattr(self._model, "max_seq_length", 256) or 256)
+        offsets = self._model.tokenizer(text, return_offsets_mapping=True, truncation=True,
+                                        max_length=limit)["offset_mapping"]
+        matrix = tokens.float().numpy()
+        keep = [i for i, (start, end) in enumerate(offsets) if end > start and i < len(matrix)]
+        spans = [(int(offsets[i][0]), int(offsets[i][1])) for i in keep]
+        return TokenVectors(spans, np.ascontiguousarray(matrix[keep], dtype=np.float32))
+
+    def _remember(self, text: str, tokens: TokenVectors) -> None:  # under self._lock
+        self._recent[text] = tokens
+        self._recent.move_to_end(text)
+        while len(self._recent) > _RECENT_CAPACITY:
+            self._recent.popitem(last=False)

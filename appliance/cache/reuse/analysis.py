@@ -14,7 +14,7 @@ from lemminflect import getAllLemmas
 
 __all__ = ["PromptAnalysis", "analyse_prompt", "lemma", "residual"]
 
-_WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+WORD_PATTERN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
 # Function words: they carry no sound. Numbers, negations and scale words are not here.
 STOPWORDS = frozenset(
@@ -60,6 +60,7 @@ class PromptAnalysis:
     """One prompt, read once."""
 
     text: str  # lower case, single spaces
+    source: str  # the prompt as written (the embedder's input)
     words: tuple[str, ...]  # every word, in order
     lemmas: tuple[str, ...]  # lemma of each word
     content: frozenset[str]  # lemmas of the words that are not function words
@@ -76,16 +77,16 @@ class PromptAnalysis:
 def analyse_prompt(prompt: str) -> PromptAnalysis:
     """Read a prompt (cached: the same cached prompts are judged again and again)."""
     text = " ".join(prompt.lower().split()).strip(" .!?")
-    words = tuple(_WORD.findall(text))
+    words = tuple(WORD_PATTERN.findall(text))
     lemmas = tuple(lemma(w) for w in words)
     content = frozenset(m for w, m in zip(words, lemmas, strict=True) if w not in STOPWORDS)
     clauses = tuple(c.strip() for c in _CLAUSE.split(text) if c and _has_content(c)) or (text,)
     steps = tuple(s.strip(" ,") for s in _SEQUENCE.split(text) if s and _has_content(s)) or (text,)
-    return PromptAnalysis(text, words, lemmas, content, clauses, steps)
+    return PromptAnalysis(text, prompt, words, lemmas, content, clauses, steps)
 
 
 def _has_content(fragment: str) -> bool:
-    return any(w not in STOPWORDS for w in _WORD.findall(fragment))
+    return any(w not in STOPWORDS for w in WORD_PATTERN.findall(fragment))
 
 
 def residual(prompt: PromptAnalysis, other: PromptAnalysis) -> str:

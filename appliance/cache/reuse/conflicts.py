@@ -15,7 +15,10 @@ import numpy.typing as npt
 from appliance.cache.reuse.analysis import PromptAnalysis
 from appliance.cache.reuse.lexicon import Lexicon
 
-__all__ = ["SUBSTITUTION_MIN_COSINE", "Similarity", "find_conflicts", "one_sided_scales"]
+__all__ = [
+    "SUBSTITUTION_MIN_COSINE", "SUBSTITUTION_PHRASE_MIN_COSINE", "Similarity", "find_conflicts",
+    "one_sided_scales",
+]
 
 # One word swapped for one other word, everything else the same: reuse only when the two
 # words are near-synonyms. MiniLM puts synonyms at 0.8-0.96 (fridge/refrigerator 0.96,
@@ -23,6 +26,12 @@ __all__ = ["SUBSTITUTION_MIN_COSINE", "Similarity", "find_conflicts", "one_sided
 # barking/howling 0.61, crying/laughing 0.50): between them it cannot tell, so it declines
 # (truck/lorry, 0.54, is a missed reuse: a generation, not a wrong sound).
 SUBSTITUTION_MIN_COSINE = 0.7
+# The same holds for a swap of a short phrase, up to four content words a side ("a hair dryer
+# running" / "a vacuum cleaner running" 0.50, "frogs croaking in a ditch" / "an owl hooting in
+# a barn" 0.33), at a lower bar: a phrase and its rewording sit lower than two synonyms do
+# ("in the distance" / "far away" 0.69, "a faucet dripping into a sink" / "a dripping tap" 0.56).
+SUBSTITUTION_MAX_WORDS = 4
+SUBSTITUTION_PHRASE_MIN_COSINE = 0.55
 
 # texts_a, texts_b -> cosine matrix (len(texts_a), len(texts_b))
 Similarity = Callable[[Sequence[str], Sequence[str]], npt.NDArray[np.float32]]
@@ -38,6 +47,8 @@ def find_conflicts(
     reasons += _scale_conflicts(a, b, only_a, lexicon)
     seen = {r.split(":")[0] for r in reasons}
     reasons += [r for r in _scale_conflicts(b, a, only_b, lexicon) if r.split(":")[0] not in seen]
+    reasons += [f"{axis} set on one side only" for axis in _one_sided_axes(a, b, lexicon)
+                if axis in lexicon.one_sided_refusals]
     if lexicon.negated(a, only_a) != lexicon.negated(b, only_b):
         reasons.append("negation on one side only")
     counts_a, counts_b = lexicon.counts_in(a), lexicon.counts_in(b)
@@ -45,18 +56,23 @@ def find_conflicts(
         reasons.append(f"count {sorted(counts_a)} vs {sorted(counts_b)}")
     if _reversed_order(a, b, similarity):
         reasons.append("the same steps in the reverse order")
-    swapped = _single_word_swap(a, b)
-    if swapped and float(similarity([swapped[0]], [swapped[1]])[0, 0]) < SUBSTITUTION_MIN_COSINE:
-        reasons.append(f"substitution: {swapped[0]} vs {swapped[1]}")
+    swapped = _short_swap(a, b)
+    if swapped:
+        single = " " not in swapped[0] and " " not in swapped[1]
+        bar = SUBSTITUTION_MIN_COSINE if single else SUBSTITUTION_PHRASE_MIN_COSINE
+        if float(similarity([swapped[0]], [swapped[1]])[0, 0]) < bar:
+            reasons.append(f"substitution: {swapped[0]} vs {swapped[1]}")
     return reasons
 
 
-def _single_word_swap(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, str] | None:
-    """The two words, when the prompts differ by exactly one content word each."""
+def _short_swap(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, str] | None:
+    """What each side says instead of the other, when the prompts share content and differ
+    by a few content words on both sides (at most SUBSTITUTION_MAX_WORDS each)."""
     only_a = [w for w, m in a.content_words if m not in b.content]
     only_b = [w for w, m in b.content_words if m not in a.content]
-    if len(only_a) == 1 and len(only_b) == 1 and a.content & b.content:
-        return only_a[0], only_b[0]
+    short = 1 <= len(only_a) <= SUBSTITUTION_MAX_WORDS and 1 <= len(only_b) <= SUBSTITUTION_MAX_WORDS
+    if short and a.content & b.content:
+        return " ".join(only_a), " ".join(only_b)
     return None
 
 
@@ -74,11 +90,15 @@ def _scale_conflicts(
 
 
 def one_sided_scales(a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon) -> int:
-    """Axes that one prompt's own words set and the other leaves open ("loud" added)."""
+    """How many axes one prompt's own words set and the other leaves open ("loud" added)."""
+    return len(_one_sided_axes(a, b, lexicon))
+
+
+def _one_sided_axes(a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon) -> list[str]:
     only_a = lexicon.poles(a, a.content - b.content)
     only_b = lexicon.poles(b, b.content - a.content)
     all_a, all_b = lexicon.poles(a), lexicon.poles(b)
-    return sum(1 for axis in only_a if axis not in all_b) + sum(1 for axis in only_b if axis not in all_a)
+    return [axis for axis in only_a if axis not in all_b] + [axis for axis in only_b if axis not in all_a]
 
 
 def _reversed_order(a: PromptAnalysis, b: PromptAnalysis, similarity: Similarity) -> bool:

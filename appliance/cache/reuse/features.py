@@ -4,7 +4,8 @@ Whole-prompt cosine alone cannot tell "the same scene reworded" (few shared word
 cosine ~0.6) from "the same scene with one sound changed" (most words shared, cosine
 ~0.9). What tells them apart is what differs: the residual words of each side. For a
 paraphrase they carry the whole meaning and embed close together; for a changed scene
-they are the change ("a shutter banging" / "an owl hooting") and embed far apart.
+they are the change ("a shutter banging" / "an owl hooting") and embed far apart. Word
+alignment (:mod:`.alignment`) asks the same of each differing word on its own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import astuple, dataclass, fields
 import numpy as np
 import numpy.typing as npt
 
+from appliance.cache.reuse.alignment import WordVectorMemo, align_words
 from appliance.cache.reuse.analysis import PromptAnalysis, residual
 from appliance.cache.reuse.conflicts import one_sided_scales
 from appliance.cache.reuse.lexicon import Lexicon
@@ -64,8 +66,8 @@ class PairFeatures:
 
     cosine: float  # whole prompts
     residual_cosine: float  # what differs, against what differs (1: nothing differs)
-    clause_cover: float  # mean best match of each clause on the other side
-    clause_worst: float  # the least covered clause
+    word_align_mean: float  # mean best counterpart of each differing word (contextual vectors)
+    word_align_worst: float  # the differing word with the weakest counterpart
     one_sided_scales: float  # axes set by one side's own words only ("loud" added)
 
     @classmethod
@@ -84,22 +86,21 @@ def residual_phrases(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, ...]:
 
 
 def pair_features(
-    a: PromptAnalysis, b: PromptAnalysis, cosine: float, memo: EmbeddingMemo, lexicon: Lexicon
+    a: PromptAnalysis,
+    b: PromptAnalysis,
+    cosine: float,
+    memo: EmbeddingMemo,
+    words: WordVectorMemo,
+    lexicon: Lexicon,
 ) -> PairFeatures:
     """Everything the model weighs for one pair (one embedding call for what is new)."""
     sides = residual_phrases(a, b)
-    texts = list(sides) + list(a.clauses) + list(b.clauses)
-    vectors = memo.vectors(texts)
-    offset = len(sides)
-    residual_cosine = float(vectors[0] @ vectors[1]) if sides else 1.0
-    clauses_a = vectors[offset : offset + len(a.clauses)]
-    clauses_b = vectors[offset + len(a.clauses) :]
-    sim = clauses_a @ clauses_b.T
-    cover = np.concatenate([sim.max(axis=1), sim.max(axis=0)])
+    residual_cosine = float(memo.similarity(sides[:1], sides[1:])[0, 0]) if sides else 1.0
+    alignment = align_words(a, b, words)
     return PairFeatures(
         cosine=float(cosine),
         residual_cosine=residual_cosine,
-        clause_cover=float(cover.mean()),
-        clause_worst=float(cover.min()),
+        word_align_mean=alignment.mean,
+        word_align_worst=alignment.worst,
         one_sided_scales=float(one_sided_scales(a, b, lexicon)),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from appliance.cache.keys import normalise_prompt
+from appliance.cache.reuse.alignment import TokenEncoder, WordVectorMemo, static_token_encoder
 from appliance.cache.reuse.analysis import analyse_prompt
 from appliance.cache.reuse.conflicts import find_conflicts
 from appliance.cache.reuse.features import (
@@ -72,13 +73,18 @@ class ReuseJudge:
         embed: Embed,
         thresholds: ReuseThresholds = DEFAULT_THRESHOLDS,
         *,
+        token_vectors: TokenEncoder | None = None,
         model: ReuseModel | None = None,
         lexicon: Lexicon | None = None,
     ) -> None:
+        """``embed``: the prompt embedder's ``embed``; ``token_vectors``: its
+        ``token_vectors`` (the shipped model was trained on those; without them each word is
+        embedded on its own, which suits test doubles only)."""
         self.model = model or default_model()
         self.lexicon = lexicon or default_lexicon()
         self.thresholds = thresholds
         self._memo = EmbeddingMemo(embed)
+        self._words = WordVectorMemo(token_vectors or static_token_encoder(embed))
 
     @property
     def tau_reuse(self) -> float:
@@ -91,12 +97,14 @@ class ReuseJudge:
         Optional: :meth:`decide` embeds what is missing itself, one call per candidate.
         """
         a = analyse_prompt(new_prompt)
-        texts: list[str] = list(a.clauses) + (list(a.steps) if len(a.steps) > 1 else [])
-        for prompt in candidate_prompts:
-            b = analyse_prompt(prompt)
-            texts += list(residual_phrases(a, b)) + list(b.clauses)
+        texts: list[str] = list(a.steps) if len(a.steps) > 1 else []
+        analysed = [analyse_prompt(prompt) for prompt in candidate_prompts]
+        for b in analysed:
+            texts += list(residual_phrases(a, b))
             texts += list(b.steps) if len(b.steps) > 1 else []
-        self._memo.vectors(texts)
+        if texts:
+            self._memo.vectors(texts)
+        self._words.words([new_prompt, *candidate_prompts])
 
     def decide(self, new_prompt: str, candidate_prompt: str, cosine: float) -> ReuseDecision:
         """Accept or refuse serving ``candidate_prompt``'s clip for ``new_prompt``."""
@@ -111,7 +119,7 @@ class ReuseJudge:
         conflicts = tuple(find_conflicts(a, b, self.lexicon, self._memo.similarity))
         if conflicts:
             return ReuseDecision(False, 0.0, cos, "conflict: " + "; ".join(conflicts), conflicts)
-        features = pair_features(a, b, cos, self._memo, self.lexicon)
+        features = pair_features(a, b, cos, self._memo, self._words, self.lexicon)
         p = self.model.probability(features)
         verdict = ">=" if p >= self.tau_reuse else "below"
         reason = f"reuse probability {p:.3f} {verdict} tau_reuse {self.tau_reuse:.3f}"

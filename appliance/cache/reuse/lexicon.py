@@ -27,6 +27,7 @@ class Lexicon:
     axes: dict[str, dict[str, frozenset[str]]]
     negations: frozenset[str]
     counts: dict[str, int]
+    one_sided_refusals: frozenset[str] = frozenset()  # axes one side alone may not set
 
     @classmethod
     def load(cls, path: Path) -> Lexicon:
@@ -39,6 +40,7 @@ class Lexicon:
             axes=axes,
             negations=frozenset(_entry(w) for w in raw["negation"]["words"]),
             counts={_entry(w): int(n) for w, n in raw["counts"].items()},
+            one_sided_refusals=frozenset(raw.get("one_sided", {}).get("refuse", [])),
         )
 
     def poles(self, prompt: PromptAnalysis, only: Iterable[str] | None = None) -> dict[str, set[str]]:
