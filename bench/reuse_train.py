@@ -84,7 +84,7 @@ def featurise(pairs: list[Pair], embedder: PromptEmbedder) -> list[Row]:
         a, b = analyse_prompt(p.a), analyse_prompt(p.b)
         cosine = float(whole[p.a] @ whole[p.b])
         conflicts = tuple(find_conflicts(a, b, lexicon, memo.similarity))
-        rows.append(Row(p, conflicts, pair_features(a, b, cosine, memo, words, lexicon).vector()))
+        rows.append(Row(p, conflicts, pair_features(a, b, cosine, words, lexicon).vector()))
     return rows
 
 

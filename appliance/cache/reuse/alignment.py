@@ -19,7 +19,10 @@ import numpy.typing as npt
 
 from appliance.cache.reuse.analysis import WORD_PATTERN, PromptAnalysis
 
-__all__ = ["TokenEncoder", "Tokens", "WordAlignment", "WordVectorMemo", "align_words", "static_token_encoder"]
+__all__ = [
+    "TokenEncoder", "Tokens", "WordAlignment", "WordVectorMemo", "align_words", "residual_similarity",
+    "static_token_encoder",
+]
 
 Vector = npt.NDArray[np.float32]
 
@@ -127,3 +130,23 @@ def align_words(a: PromptAnalysis, b: PromptAnalysis, memo: WordVectorMemo) -> W
     if not best:
         return WordAlignment(1.0, 1.0)
     return WordAlignment(float(np.mean(best)), float(np.min(best)))
+
+
+def residual_similarity(a: PromptAnalysis, b: PromptAnalysis, memo: WordVectorMemo) -> float:
+    """Cosine of what each side says and the other does not, each pooled from its words'
+    contextual vectors (a side that adds nothing stands as all its content words); 1.0 when
+    nothing differs. For a paraphrase the two carry the same meaning; for a changed scene
+    they are the change ("a shutter banging" / "an owl hooting")."""
+    words_a, words_b = memo.words([a.source, b.source])
+    mine = [w for w, m in a.content_words if m not in b.content and w in words_a]
+    theirs = [w for w, m in b.content_words if m not in a.content and w in words_b]
+    if not mine and not theirs:
+        return 1.0
+    mine = mine or [w for w, _ in a.content_words if w in words_a]
+    theirs = theirs or [w for w, _ in b.content_words if w in words_b]
+    if not mine or not theirs:
+        return 0.0
+    pooled_a = np.mean([words_a[w] for w in mine], axis=0)
+    pooled_b = np.mean([words_b[w] for w in theirs], axis=0)
+    norm = float(np.linalg.norm(pooled_a) * np.linalg.norm(pooled_b))
+    return float(pooled_a @ pooled_b) / norm if norm > 0.0 else 0.0

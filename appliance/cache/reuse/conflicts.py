@@ -17,7 +17,7 @@ from appliance.cache.reuse.lexicon import Lexicon
 
 __all__ = [
     "SUBSTITUTION_MIN_COSINE", "SUBSTITUTION_PHRASE_MIN_COSINE", "Similarity", "find_conflicts",
-    "one_sided_scales",
+    "one_sided_scales", "phrases_compared",
 ]
 
 # One word swapped for one other word, everything else the same: reuse only when the two
@@ -26,11 +26,11 @@ __all__ = [
 # barking/howling 0.61, crying/laughing 0.50): between them it cannot tell, so it declines
 # (truck/lorry, 0.54, is a missed reuse: a generation, not a wrong sound).
 SUBSTITUTION_MIN_COSINE = 0.7
-# The same holds for a swap of a short phrase, up to four content words a side ("a hair dryer
+# The same holds for a swap of a short phrase, up to six content words a side ("a hair dryer
 # running" / "a vacuum cleaner running" 0.50, "frogs croaking in a ditch" / "an owl hooting in
 # a barn" 0.33), at a lower bar: a phrase and its rewording sit lower than two synonyms do
 # ("in the distance" / "far away" 0.69, "a faucet dripping into a sink" / "a dripping tap" 0.56).
-SUBSTITUTION_MAX_WORDS = 4
+SUBSTITUTION_MAX_WORDS = 6
 SUBSTITUTION_PHRASE_MIN_COSINE = 0.55
 
 # texts_a, texts_b -> cosine matrix (len(texts_a), len(texts_b))
@@ -63,6 +63,13 @@ def find_conflicts(
         if float(similarity([swapped[0]], [swapped[1]])[0, 0]) < bar:
             reasons.append(f"substitution: {swapped[0]} vs {swapped[1]}")
     return reasons
+
+
+def phrases_compared(a: PromptAnalysis, b: PromptAnalysis) -> list[str]:
+    """The phrases :func:`find_conflicts` will embed for this pair (to embed them in a batch)."""
+    swapped = _short_swap(a, b)
+    steps = [*a.steps, *b.steps] if len(a.steps) > 1 and len(b.steps) > 1 else []
+    return [*(swapped or ()), *steps]
 
 
 def _short_swap(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, str] | None:

@@ -1,11 +1,12 @@
-"""The numbers the reuse model weighs, read off two prompts and their phrase embeddings.
+"""The numbers the reuse model weighs, read off two prompts and their words' vectors.
 
 Whole-prompt cosine alone cannot tell "the same scene reworded" (few shared words,
 cosine ~0.6) from "the same scene with one sound changed" (most words shared, cosine
 ~0.9). What tells them apart is what differs: the residual words of each side. For a
-paraphrase they carry the whole meaning and embed close together; for a changed scene
-they are the change ("a shutter banging" / "an owl hooting") and embed far apart. Word
-alignment (:mod:`.alignment`) asks the same of each differing word on its own.
+paraphrase they carry the whole meaning and lie close together; for a changed scene they
+are the change ("a shutter banging" / "an owl hooting") and lie far apart. Word alignment
+asks the same of each differing word on its own. All of it comes from the contextual
+token vectors of the two prompts' own forward passes (:mod:`.alignment`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from dataclasses import astuple, dataclass, fields
 import numpy as np
 import numpy.typing as npt
 
-from appliance.cache.reuse.alignment import WordVectorMemo, align_words
-from appliance.cache.reuse.analysis import PromptAnalysis, residual
+from appliance.cache.reuse.alignment import WordVectorMemo, align_words, residual_similarity
+from appliance.cache.reuse.analysis import PromptAnalysis
 from appliance.cache.reuse.conflicts import one_sided_scales
 from appliance.cache.reuse.lexicon import Lexicon
 
-__all__ = ["Embed", "EmbeddingMemo", "PairFeatures", "pair_features", "residual_phrases"]
+__all__ = ["Embed", "EmbeddingMemo", "PairFeatures", "pair_features"]
 
 Vector = npt.NDArray[np.float32]
 Embed = Callable[[list[str]], npt.NDArray[np.float32]]  # texts -> L2-normalised rows
@@ -78,28 +79,18 @@ class PairFeatures:
         return np.array(astuple(self), dtype=np.float64)
 
 
-def residual_phrases(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, ...]:
-    """The two phrases ``residual_cosine`` compares: what each side says and the other does
-    not; a side that adds nothing stands as its whole text; () when nothing differs."""
-    res_a, res_b = residual(a, b), residual(b, a)
-    return (res_a or a.text, res_b or b.text) if (res_a or res_b) else ()
-
-
 def pair_features(
     a: PromptAnalysis,
     b: PromptAnalysis,
     cosine: float,
-    memo: EmbeddingMemo,
     words: WordVectorMemo,
     lexicon: Lexicon,
 ) -> PairFeatures:
-    """Everything the model weighs for one pair (one embedding call for what is new)."""
-    sides = residual_phrases(a, b)
-    residual_cosine = float(memo.similarity(sides[:1], sides[1:])[0, 0]) if sides else 1.0
+    """Everything the model weighs for one pair: no model pass beyond the two prompts' own."""
     alignment = align_words(a, b, words)
     return PairFeatures(
         cosine=float(cosine),
-        residual_cosine=residual_cosine,
+        residual_cosine=residual_similarity(a, b, words),
         word_align_mean=alignment.mean,
         word_align_worst=alignment.worst,
         one_sided_scales=float(one_sided_scales(a, b, lexicon)),

@@ -19,14 +19,8 @@ from dataclasses import dataclass, field
 from appliance.cache.keys import normalise_prompt
 from appliance.cache.reuse.alignment import TokenEncoder, WordVectorMemo, static_token_encoder
 from appliance.cache.reuse.analysis import analyse_prompt
-from appliance.cache.reuse.conflicts import find_conflicts
-from appliance.cache.reuse.features import (
-    Embed,
-    EmbeddingMemo,
-    PairFeatures,
-    pair_features,
-    residual_phrases,
-)
+from appliance.cache.reuse.conflicts import find_conflicts, phrases_compared
+from appliance.cache.reuse.features import Embed, EmbeddingMemo, PairFeatures, pair_features
 from appliance.cache.reuse.lexicon import Lexicon, default_lexicon
 from appliance.cache.reuse.model import ReuseModel, default_model
 
@@ -97,11 +91,7 @@ class ReuseJudge:
         Optional: :meth:`decide` embeds what is missing itself, one call per candidate.
         """
         a = analyse_prompt(new_prompt)
-        texts: list[str] = list(a.steps) if len(a.steps) > 1 else []
-        analysed = [analyse_prompt(prompt) for prompt in candidate_prompts]
-        for b in analysed:
-            texts += list(residual_phrases(a, b))
-            texts += list(b.steps) if len(b.steps) > 1 else []
+        texts = [t for prompt in candidate_prompts for t in phrases_compared(a, analyse_prompt(prompt))]
         if texts:
             self._memo.vectors(texts)
         self._words.words([new_prompt, *candidate_prompts])
@@ -119,7 +109,7 @@ class ReuseJudge:
         conflicts = tuple(find_conflicts(a, b, self.lexicon, self._memo.similarity))
         if conflicts:
             return ReuseDecision(False, 0.0, cos, "conflict: " + "; ".join(conflicts), conflicts)
-        features = pair_features(a, b, cos, self._memo, self._words, self.lexicon)
+        features = pair_features(a, b, cos, self._words, self.lexicon)
         p = self.model.probability(features)
         verdict = ">=" if p >= self.tau_reuse else "below"
         reason = f"reuse probability {p:.3f} {verdict} tau_reuse {self.tau_reuse:.3f}"
