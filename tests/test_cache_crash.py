@@ -23,7 +23,7 @@ import pytest
 from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.store import CacheItem, CacheStore
 
-RUNS = 100
+RUNS = 50
 
 WRITER = textwrap.dedent("""
     import random, sys, time

@@ -217,7 +217,7 @@ def test_busy_when_queue_is_full(tmp_path: Path, broker: Broker, models_dir: Pat
         svc.wait_ready()
         for index in range(4):
             raw.publish(svc.topics.request, json.dumps(
-                {"prompt": f"long drone {index}", "steps": 1000, "duration_s": 10}),
+                {"prompt": f"long drone {index}", "steps": 150, "duration_s": 4}),
                 response_topic=f"busy/replies/{index}")
         codes = [raw.next(timeout_s=10).json().get("code") for _ in range(2)]
         assert codes == ["busy", "busy"]

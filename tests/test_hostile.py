@@ -68,7 +68,7 @@ def test_any_bytes_parse_or_fail_with_a_request_code(payload: bytes) -> None:
     _parse(payload)
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(FIELDS) | edgy_text, json_like, max_size=8))
 def test_request_shaped_objects_parse_or_fail_with_a_request_code(body: dict[str, Any]) -> None:
     _parse(_payload(body))
