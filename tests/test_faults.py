@@ -84,7 +84,8 @@ def test_worker_killed_again_and_again_answers_each_and_comes_back(service: Serv
     finally:
         store.close()
     _, metrics = service.http_bytes("/metrics")
-    assert f'audiogen_worker_restarts_total{{reason="worker_failed",worker="cpu"}} {KILLS}.0'.encode() in metrics
+    restarts = f'audiogen_worker_restarts_total{{reason="worker_failed",worker="cpu"}} {KILLS}.0'
+    assert restarts.encode() in metrics
     status, _ = service.http_json("/readyz")
     assert status == 200
 
