@@ -15,12 +15,12 @@ run: system-deps $(STAMP)
 	$(BIN)/appliance serve
 
 test: system-deps $(STAMP) test-tools
-	$(BIN)/ruff check appliance tests bench
+	$(BIN)/ruff check appliance tests bench testkit
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check appliance tests bench
+	$(BIN)/ruff check appliance tests bench testkit
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -42,8 +42,8 @@ from paho.mqtt.properties import Properties
 from appliance.loadgen import BurstClient, peak_rss_bytes, percentile
 from appliance.models.tiny import build_tiny_tangoflux
 from appliance.mqtt import enable_tcp_nodelay
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
 from bench.load import CACHED, prefill, workload
+from testkit.services import BrokerProcess, ServiceProcess, service_sections
 
 QUIET_S = 20.0  # no reply for this long after the last request: the rest is lost
 

@@ -46,8 +46,8 @@ from appliance.cache.store import CacheItem
 from appliance.cache.sync import FleetCache
 from appliance.client import RequestClient
 from appliance.models.tiny import build_tiny_tangoflux
-from appliance.pg_server import PostgresServer, fresh_database
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
+from testkit.postgres import PostgresServer, fresh_database
+from testkit.services import BrokerProcess, ServiceProcess, service_sections
 
 CLIP = os.urandom(176_400)  # 1 s of 44.1 kHz 16-bit stereo
 ROUNDS = 20  # requests per appliance-level figure

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from appliance.client import RequestClient
 from appliance.mqtt import enable_tcp_nodelay
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
+from testkit.services import BrokerProcess, ServiceProcess, service_sections
 
 PROMPTS = ["rain on a tin roof", "a dog barking far away", "wind through pine trees", "a busy street"]
 

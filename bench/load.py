@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from appliance.client import RequestClient
 from appliance.loadgen import burst, peak_rss_bytes, percentile
 from appliance.models.tiny import build_tiny_tangoflux
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
+from testkit.services import BrokerProcess, ServiceProcess, service_sections
 
 CACHED = ["rain on a tin roof", "a dog barking in the distance", "wind through pine trees",
           "church bells ringing", "a busy street with traffic"]

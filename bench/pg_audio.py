@@ -12,7 +12,7 @@ import time
 
 import psycopg
 
-from appliance.pg_server import PostgresServer
+from testkit.postgres import PostgresServer
 
 CLIP = os.urandom(1_764_000)  # random bytes: WAV audio barely compresses either
 ROUNDS = 30

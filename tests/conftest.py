@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.pg_server import PostgresServer, fresh_database
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
+from testkit.postgres import PostgresServer, fresh_database
+from testkit.services import BrokerProcess, ServiceProcess, service_sections
 
 Broker = BrokerProcess
 Service = ServiceProcess

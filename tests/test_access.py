@@ -37,8 +37,8 @@ from appliance.errors import ConfigError, Unavailable
 from appliance.http import HttpServer
 from appliance.metrics import Metrics
 from appliance.mqtt import MqttAdapter, make_client
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections, write_config
 from appliance.topics import Topics
+from testkit.services import BrokerProcess, ServiceProcess, service_sections, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 NODE = "test-node"

@@ -21,7 +21,7 @@ from appliance.audio import AUDIO_FORMATS, encode_audio, encode_wav, transcode
 from appliance.client import RequestClient
 from appliance.errors import InvalidRequest
 from appliance.protocol import parse_request
-from appliance.testing import ServiceProcess, service_with_broker
+from testkit.services import ServiceProcess, service_with_broker
 
 CODECS = {"wav": "pcm_s16le", "flac": "flac", "ogg": "opus", "mp3": "mp3"}
 RATE = 44100

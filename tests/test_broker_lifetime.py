@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from appliance.testing import BrokerProcess, ServiceProcess, free_port, service_sections
+from testkit.services import BrokerProcess, ServiceProcess, free_port, service_sections
 
 
 def _sections(state: Path, port: int, models_dir: Path, embedded: Any) -> dict[str, dict[str, Any]]:

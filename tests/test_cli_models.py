@@ -18,7 +18,7 @@ from appliance.cli import main
 from appliance.config import Settings
 from appliance.models.check import check_models
 from appliance.models.fetch import CLAP_REPOS, TANGOFLUX_REPO, TEXT_ENCODER_REPO, fetch_models
-from appliance.testing import free_port, write_config
+from testkit.services import free_port, write_config
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 import appliance
 from appliance.cli import _build_parser, main
-from appliance.testing import free_port, write_config
+from testkit.services import free_port, write_config
 from tests.conftest import Broker
 from tests.mqtt_helpers import RawClient
 

@@ -4,6 +4,7 @@ clean install (the container image, CI's fresh venv) has it and not by luck of a
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
 import sys
 import tomllib
@@ -42,3 +43,13 @@ def test_every_imported_package_is_declared() -> None:
                   if not {d.lower().replace("_", "-") for d in distributions.get(top, [top])}
                   & declared]
     assert undeclared == []
+
+
+def test_the_shipped_package_holds_no_test_harness() -> None:
+    """The servers the tests start (mosquitto fixtures, an initdb cluster) live in testkit/,
+    which the package build leaves out; nothing the appliance ships imports them."""
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert not any(fnmatch.fnmatch("testkit", pattern) for pattern in find["include"])
+    for path in sorted((REPO / "appliance").rglob("*.py")):
+        text = path.read_text()
+        assert "initdb" not in text and "testkit" not in text and "import pytest" not in text, path

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from appliance.audio import decode_wav
 from appliance.client import RequestClient
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 from tests.mqtt_helpers import RawClient
 

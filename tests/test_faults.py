@@ -21,7 +21,7 @@ from paho.mqtt.properties import Properties
 
 from appliance.cache.store import CacheStore
 from appliance.mqtt import enable_tcp_nodelay
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 from tests.mqtt_helpers import RawClient
 

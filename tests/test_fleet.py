@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.loadgen import burst
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker
 
 FLEET_TOPIC = "audiogen/request"  # what devices publish to; each node takes its share

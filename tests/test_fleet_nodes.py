@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from appliance.client import RequestClient
-from appliance.pg_server import PostgresServer
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
+from testkit.postgres import PostgresServer
+from testkit.services import BrokerProcess, ServiceProcess, service_sections
 from tests.mqtt_helpers import RawClient
 from tests.test_pg_sync import wait_for
 

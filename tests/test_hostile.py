@@ -25,7 +25,7 @@ from appliance.config import GenerationSettings
 from appliance.errors import ApplianceError, InvalidRequest, NotFound
 from appliance.protocol import parse_request, resolve_parameters
 from appliance.ratelimit import RateLimiter
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 from tests.mqtt_helpers import RawClient
 

@@ -33,8 +33,8 @@ from appliance.ha_discovery import DeviceInfo, HaTopics
 from appliance.homeassistant import HomeAssistantBridge
 from appliance.metrics import Metrics
 from appliance.mqtt import MqttAdapter
-from appliance.testing import BrokerProcess, ServiceProcess, free_port, service_sections
 from appliance.topics import Topics
+from testkit.services import BrokerProcess, ServiceProcess, free_port, service_sections
 from tests.mqtt_helpers import RawClient
 
 CONFIG = "homeassistant/device/test-node/config"

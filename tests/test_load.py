@@ -11,7 +11,7 @@ from pathlib import Path
 
 from appliance.client import RequestClient
 from appliance.loadgen import burst
-from appliance.testing import BrokerProcess, ServiceProcess, service_sections
+from testkit.services import BrokerProcess, ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 
 CACHED = ["rain on a tin roof", "a dog barking in the distance", "wind through pine trees"]

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.client import RequestClient
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 from tests.mqtt_helpers import RawClient
 from tests.test_dashboards import run_promtool

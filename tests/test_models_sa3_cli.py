@@ -16,7 +16,7 @@ from appliance.cli import main
 from appliance.config import load_settings
 from appliance.models.check import check_models
 from appliance.models.fetch import SA3_REPOS, fetch_sa3
-from appliance.testing import free_port
+from testkit.services import free_port
 
 POOL = '[{device = "cpu", model = "tangoflux"}, {device = "cpu", model = "sa3"}]'
 

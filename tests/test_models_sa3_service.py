@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.client import RequestClient
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker
 
 MIXED_POOL = '[{"device": "cpu", "model": "tangoflux"}, {"device": "cpu", "model": "sa3"}]'

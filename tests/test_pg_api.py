@@ -6,7 +6,7 @@ from pathlib import Path
 
 from appliance import Cache
 from appliance.cache.pg_store import PgCacheStore
-from appliance.testing import write_config
+from testkit.services import write_config
 from tests.test_cache_store import make_item
 
 

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from appliance.cache.pg_store import PgCacheStore
-from appliance.pg_server import PostgresServer
+from testkit.postgres import PostgresServer
 
 _WRITER = textwrap.dedent("""
     import sys, time, numpy as np

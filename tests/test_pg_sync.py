@@ -13,7 +13,7 @@ import pytest
 from appliance.cache.pg_store import PgCacheStore
 from appliance.cache.sync import FleetCache
 from appliance.errors import CacheUnavailable
-from appliance.pg_server import PostgresServer
+from testkit.postgres import PostgresServer
 from tests.test_cache_store import make_item
 
 MB = 1024 * 1024

@@ -37,7 +37,7 @@ from appliance import (
     Unavailable,
 )
 from appliance.admin import ARG_MODELS
-from appliance.testing import BrokerProcess, ServiceProcess, free_port, service_sections
+from testkit.services import BrokerProcess, ServiceProcess, free_port, service_sections
 from tests.mqtt_helpers import RawClient
 
 ROOT = Path(__file__).resolve().parent.parent

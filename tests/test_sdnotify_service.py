@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from appliance.client import RequestClient
 from appliance.models.tiny_clap import build_tiny_clap
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from appliance.cache.store import CacheStore
 from appliance.client import RequestClient
-from appliance.testing import ServiceProcess, service_sections
+from testkit.services import ServiceProcess, service_sections
 from tests.conftest import Broker, Service
 
 

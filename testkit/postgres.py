@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psycopg
 
-from appliance.testing import free_port
+from testkit.services import free_port
 
 _USER = "appliance"
 
