@@ -285,3 +285,15 @@ def test_token_vectors_of_a_prompt_just_embedded_cost_no_second_pass(embedder: P
     words = [prompt[s:e].lower() for s, e in tokens.spans]
     assert words[:3] == ["surf", "rolling", "onto"] and tokens.vectors.shape == (len(words), 384)
     assert [("gulls crying overhead")[s:e] for s, e in fresh.spans][-1] == "overhead"
+
+
+def test_the_same_words_with_near_and_far_swapped_are_refused(judge: ReuseJudge,
+                                                              embedder: PromptEmbedder) -> None:
+    a = "an old orchard at noon with bees humming close by and a tractor working in a far field"
+    b = "an old orchard at noon with a tractor working close by and bees humming in a far field"
+    swapped = decide(judge, embedder, a, b)
+    assert swapped.cosine > 0.95 and not swapped.accept
+    assert "'close' describes another sound" in swapped.conflicts
+    reordered = decide(judge, embedder, "a loud dog barking and a cat meowing softly",
+                       "a cat meowing softly and a loud dog barking")
+    assert reordered.conflicts == (), "clauses moved whole keep their scale words"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from appliance.cache.reuse.analysis import PromptAnalysis
+from appliance.cache.reuse.analysis import PromptAnalysis, analyse_prompt
 from appliance.cache.reuse.lexicon import Lexicon
 
 __all__ = [
@@ -56,6 +56,7 @@ def find_conflicts(
         reasons.append(f"count {sorted(counts_a)} vs {sorted(counts_b)}")
     if _reversed_order(a, b, similarity):
         reasons.append("the same steps in the reverse order")
+    reasons += [f"{word!r} describes another sound" for word in _reattached_scale_words(a, b, lexicon)]
     swapped = _short_swap(a, b)
     if swapped:
         single = " " not in swapped[0] and " " not in swapped[1]
@@ -106,6 +107,28 @@ def _one_sided_axes(a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon) -> l
     only_b = lexicon.poles(b, b.content - a.content)
     all_a, all_b = lexicon.poles(a), lexicon.poles(b)
     return [axis for axis in only_a if axis not in all_b] + [axis for axis in only_b if axis not in all_a]
+
+
+def _reattached_scale_words(a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon) -> list[str]:
+    """The same words, but a scale word sits with other sounds: "bees humming close by and a
+    tractor in a far field" / "a tractor close by and bees humming in a far field". Only for
+    prompts with the same content words, where clause membership is comparable."""
+    if a.content != b.content:
+        return []
+    scale_words = lexicon.scale_lemmas()
+    near_a, near_b = _clause_company(a, scale_words), _clause_company(b, scale_words)
+    return [word for word in sorted(near_a.keys() & near_b.keys())
+            if near_a[word] and near_b[word] and not near_a[word] & near_b[word]]
+
+
+def _clause_company(prompt: PromptAnalysis, scale_words: frozenset[str]) -> dict[str, set[str]]:
+    """scale word -> the other content lemmas of the clauses it appears in."""
+    company: dict[str, set[str]] = {}
+    for clause in prompt.clauses:
+        lemmas = analyse_prompt(clause).content
+        for word in lemmas & scale_words:
+            company.setdefault(word, set()).update(lemmas - scale_words)
+    return company
 
 
 def _reversed_order(a: PromptAnalysis, b: PromptAnalysis, similarity: Similarity) -> bool:

@@ -53,6 +53,11 @@ class Lexicon:
                     found.setdefault(axis, set()).add(pole)
         return found
 
+    def scale_lemmas(self) -> frozenset[str]:
+        """Every single-word entry of every pole of every axis."""
+        return frozenset(w for poles in self.axes.values() for words in poles.values()
+                         for w in words if " " not in w)
+
     def negated(self, prompt: PromptAnalysis, only: Iterable[str] | None = None) -> bool:
         keep = None if only is None else set(only)
         return any(_mentions(prompt, w, keep) for w in self.negations)
