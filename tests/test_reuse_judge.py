@@ -18,7 +18,7 @@ import pytest
 from appliance.cache.keys import exact_key, new_item_key, normalise_prompt
 from appliance.cache.reuse import ReuseDecision, ReuseJudge, ReuseThresholds
 from appliance.cache.reuse.alignment import WordAlignment, WordVectorMemo, align_words, static_token_encoder
-from appliance.cache.reuse.analysis import analyse_prompt, residual
+from appliance.cache.reuse.analysis import analyse_prompt, residual_words
 from appliance.cache.reuse.features import PairFeatures
 from appliance.cache.reuse.lexicon import DATA_DIR, default_lexicon
 from appliance.cache.reuse.model import MODEL_PATH, default_model
@@ -145,7 +145,7 @@ def test_a_stricter_tau_reuse_refuses_what_the_default_accepts(embedder: PromptE
 def test_residual_is_what_one_prompt_says_and_the_other_does_not() -> None:
     a = analyse_prompt("a cafe terrace on a sunny afternoon with cups clinking")
     b = analyse_prompt("a cafe terrace on a rainy afternoon with cups clinking")
-    assert residual(a, b) == "sunny" and residual(b, a) == "rainy"
+    assert residual_words(a, b) == ["sunny"] and residual_words(b, a) == ["rainy"]
     assert analyse_prompt("Dogs barking, then a door slams").steps == ("dogs barking", "a door slams")
 
 

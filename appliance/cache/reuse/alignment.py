@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from appliance.cache.reuse.analysis import WORD_PATTERN, PromptAnalysis
+from appliance.cache.reuse.analysis import WORD_PATTERN, PromptAnalysis, residual_words
 
 __all__ = [
     "TokenEncoder", "Tokens", "WordAlignment", "WordVectorMemo", "align_words", "residual_similarity",
@@ -121,9 +121,8 @@ def align_words(a: PromptAnalysis, b: PromptAnalysis, memo: WordVectorMemo) -> W
     words_a, words_b = memo.words([a.source, b.source])
     best: list[float] = []
     for x, y, vx, vy in ((a, b, words_a, words_b), (b, a, words_b, words_a)):
-        mine = [w for w, m in x.content_words if m not in y.content and w in vx]
-        theirs = [w for w, m in y.content_words if m not in x.content and w in vy]
-        theirs = theirs or [w for w, _ in y.content_words if w in vy]
+        mine = _known(residual_words(x, y), vx)
+        theirs = _known(residual_words(y, x), vy) or _known(_all_content(y), vy)
         if mine and theirs:
             sim = np.stack([vx[w] for w in mine]) @ np.stack([vy[w] for w in theirs]).T
             best += sim.max(axis=1).tolist()
@@ -138,15 +137,23 @@ def residual_similarity(a: PromptAnalysis, b: PromptAnalysis, memo: WordVectorMe
     nothing differs. For a paraphrase the two carry the same meaning; for a changed scene
     they are the change ("a shutter banging" / "an owl hooting")."""
     words_a, words_b = memo.words([a.source, b.source])
-    mine = [w for w, m in a.content_words if m not in b.content and w in words_a]
-    theirs = [w for w, m in b.content_words if m not in a.content and w in words_b]
+    mine, theirs = _known(residual_words(a, b), words_a), _known(residual_words(b, a), words_b)
     if not mine and not theirs:
         return 1.0
-    mine = mine or [w for w, _ in a.content_words if w in words_a]
-    theirs = theirs or [w for w, _ in b.content_words if w in words_b]
+    mine = mine or _known(_all_content(a), words_a)
+    theirs = theirs or _known(_all_content(b), words_b)
     if not mine or not theirs:
         return 0.0
     pooled_a = np.mean([words_a[w] for w in mine], axis=0)
     pooled_b = np.mean([words_b[w] for w in theirs], axis=0)
     norm = float(np.linalg.norm(pooled_a) * np.linalg.norm(pooled_b))
     return float(pooled_a @ pooled_b) / norm if norm > 0.0 else 0.0
+
+
+def _known(words: list[str], vectors: dict[str, Vector]) -> list[str]:
+    """The words that have a vector (a word the tokenizer's spans did not cover has none)."""
+    return [w for w in words if w in vectors]
+
+
+def _all_content(prompt: PromptAnalysis) -> list[str]:
+    return [w for w, _ in prompt.content_words]

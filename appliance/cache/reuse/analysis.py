@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from lemminflect import getAllLemmas
 
-__all__ = ["PromptAnalysis", "analyse_prompt", "lemma", "residual"]
+__all__ = ["PromptAnalysis", "analyse_prompt", "lemma", "residual_words"]
 
 WORD_PATTERN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
@@ -89,10 +89,10 @@ def _has_content(fragment: str) -> bool:
     return any(w not in STOPWORDS for w in WORD_PATTERN.findall(fragment))
 
 
-def residual(prompt: PromptAnalysis, other: PromptAnalysis) -> str:
+def residual_words(prompt: PromptAnalysis, other: PromptAnalysis) -> list[str]:
     """The content words of ``prompt`` whose lemma ``other`` does not use, in order.
 
     For a paraphrase this is most of the prompt; for "the same scene with one thing
     changed" it is just that thing ("sunny" against "rainy").
     """
-    return " ".join(w for w, m in prompt.content_words if m not in other.content)
+    return [w for w, m in prompt.content_words if m not in other.content]

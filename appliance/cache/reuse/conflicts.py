@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from appliance.cache.reuse.analysis import PromptAnalysis, analyse_prompt
+from appliance.cache.reuse.analysis import PromptAnalysis, analyse_prompt, residual_words
 from appliance.cache.reuse.lexicon import Lexicon
 
 __all__ = [
@@ -76,8 +76,7 @@ def phrases_compared(a: PromptAnalysis, b: PromptAnalysis) -> list[str]:
 def _short_swap(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, str] | None:
     """What each side says instead of the other, when the prompts share content and differ
     by a few content words on both sides (at most SUBSTITUTION_MAX_WORDS each)."""
-    only_a = [w for w, m in a.content_words if m not in b.content]
-    only_b = [w for w, m in b.content_words if m not in a.content]
+    only_a, only_b = residual_words(a, b), residual_words(b, a)
     short = 1 <= len(only_a) <= SUBSTITUTION_MAX_WORDS and 1 <= len(only_b) <= SUBSTITUTION_MAX_WORDS
     if short and a.content & b.content:
         return " ".join(only_a), " ".join(only_b)
@@ -115,7 +114,7 @@ def _reattached_scale_words(a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexic
     prompts with the same content words, where clause membership is comparable."""
     if a.content != b.content:
         return []
-    scale_words = lexicon.scale_lemmas()
+    scale_words = lexicon.scale_lemmas
     near_a, near_b = _clause_company(a, scale_words), _clause_company(b, scale_words)
     return [word for word in sorted(near_a.keys() & near_b.keys())
             if near_a[word] and near_b[word] and not near_a[word] & near_b[word]]

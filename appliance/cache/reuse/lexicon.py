@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 from appliance.cache.reuse.analysis import PromptAnalysis, lemma
@@ -53,8 +53,9 @@ class Lexicon:
                     found.setdefault(axis, set()).add(pole)
         return found
 
+    @cached_property
     def scale_lemmas(self) -> frozenset[str]:
-        """Every single-word entry of every pole of every axis."""
+        """Every single-word entry of every pole of every axis (derived once)."""
         return frozenset(w for poles in self.axes.values() for words in poles.values()
                          for w in words if " " not in w)
 
