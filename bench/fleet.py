@@ -40,12 +40,12 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.pg_store import PgCacheStore
 from appliance.cache.store import CacheItem
 from appliance.cache.sync import FleetCache
 from appliance.client import RequestClient
 from appliance.models.tiny import build_tiny_tangoflux
+from testkit.items import make_item
 from testkit.postgres import PostgresServer, fresh_database
 from testkit.services import BrokerProcess, ServiceProcess, service_sections
 
@@ -59,12 +59,7 @@ rng = np.random.default_rng(0)
 
 
 def _item(prompt: str) -> CacheItem:
-    return CacheItem(
-        key=new_item_key(), exact_key=exact_key(prompt, model="m", duration_s=1.0, loop=False),
-        prompt=prompt, model="m", duration_s=1.0, requested_duration_s=1.0, is_loop=False, steps=4,
-        guidance_scale=4.5, candidates=1, seed=None, sample_rate=44100, channels=2,
-        audio_format="wav", audio_bytes=0, generation_timestamp=time.time(), generation_s=0.1,
-        clap_similarity=0.4)
+    return make_item(prompt, clap_similarity=0.4)
 
 
 def _vector(dimension: int) -> np.ndarray:

@@ -16,22 +16,17 @@ import threading
 import time
 from pathlib import Path
 
-from appliance.cache.keys import exact_key, new_item_key
 from appliance.cache.store import CacheItem, CacheStore
 from appliance.errors import CacheFull
 from appliance.instance import InstanceLock
+from testkit.items import make_item
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MAP = 1024 * 1024
 
 
 def _item(prompt: str) -> CacheItem:
-    return CacheItem(
-        key=new_item_key(), exact_key=exact_key(prompt, model="m", duration_s=1.0, loop=False),
-        prompt=prompt, model="m", duration_s=1.0, requested_duration_s=1.0, is_loop=False, steps=2,
-        guidance_scale=3.0, candidates=1, seed=None, sample_rate=44100, channels=2,
-        audio_format="wav", audio_bytes=0, generation_timestamp=time.time(), generation_s=0.1,
-    )
+    return make_item(prompt, steps=2, guidance_scale=3.0)
 
 
 def _write_until_full(store: CacheStore, tag: str, count: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.cache.keys import exact_key, new_item_key, normalise_prompt
+from appliance.cache.keys import exact_key, normalise_prompt
 from appliance.cache.reuse import ReuseDecision, ReuseJudge, ReuseThresholds
 from appliance.cache.reuse.alignment import WordAlignment, WordVectorMemo, align_words, static_token_encoder
 from appliance.cache.reuse.analysis import analyse_prompt, residual_words
@@ -25,6 +25,7 @@ from appliance.cache.reuse.model import MODEL_PATH, default_model
 from appliance.cache.semantic import Compatibility, SemanticCache
 from appliance.cache.store import CacheItem, CacheStore
 from appliance.models.embedder import PromptEmbedder, TokenVectors
+from testkit.items import make_item
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +169,7 @@ def test_lexicon_and_model_are_data_files_with_provenance() -> None:
 
 
 def _item(prompt: str, *, duration: float, model: str = "m") -> CacheItem:
-    return CacheItem(
-        key=new_item_key(), exact_key=exact_key(prompt, model=model, duration_s=duration, loop=False),
-        prompt=prompt, model=model, duration_s=duration, requested_duration_s=duration, is_loop=False,
-        steps=4, guidance_scale=4.5, candidates=1, seed=None, sample_rate=44100, channels=2,
-        audio_format="wav", audio_bytes=0, generation_timestamp=1.8e9, generation_s=0.1,
-        clap_similarity=None, hits=0, last_hit_timestamp=None,
-    )
+    return make_item(prompt, model=model, duration_s=duration, generation_timestamp=1.8e9)
 
 
 @pytest.fixture
