@@ -56,8 +56,10 @@ L2 = 1.0
 SEED = 0
 # The model may only trust similarity more, never less: a monotone model cannot learn the
 # accident of one file ("long pairs that look alike differ") that inverts on the next.
+# Longer prompts may only ask for more evidence, never less: a model that has seen short
+# prompts alone learns to decline long ones rather than apply a short-prompt threshold to them.
 SIGNS = {"cosine": 1, "residual_cosine": 1, "word_align_mean": 1, "word_align_worst": 1,
-         "one_sided_scales": -1}
+         "one_sided_scales": -1, "prompt_length": -1}
 
 
 @dataclass(frozen=True)

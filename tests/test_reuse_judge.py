@@ -11,6 +11,8 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -292,3 +294,37 @@ def test_the_same_words_with_near_and_far_swapped_are_refused(judge: ReuseJudge,
     reordered = decide(judge, embedder, "a loud dog barking and a cat meowing softly",
                        "a cat meowing softly and a loud dog barking")
     assert reordered.conflicts == (), "clauses moved whole keep their scale words"
+
+
+def _training_script() -> ModuleType:
+    """bench/reuse_train.py as a module (the benchmarks are scripts, not a package)."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        import reuse_train
+    finally:
+        sys.path.remove(str(bench))
+    return reuse_train
+
+
+def test_a_model_trained_on_short_prompts_only_declines_long_ones() -> None:
+    """Labelled pairs of 3 content words say "residual 0.6 is enough"; the generated long
+    pairs (12 words) say that at that length 0.6 is not. The model must carry the second
+    lesson to long pairs instead of applying the short-prompt threshold to them."""
+    train = _training_script()
+    rng = np.random.default_rng(0)
+    names = PairFeatures.names()
+
+    def row(label: bool, residual: float, words: int) -> Any:
+        values = dict.fromkeys(names, 0.0) | {"cosine": 0.7, "residual_cosine": residual,
+                                              "prompt_length": float(np.log(words))}
+        return train.Row(train.Pair(label, "a", "b", "test"), (), np.array([values[n] for n in names]))
+
+    labelled = ([row(True, r, 3) for r in rng.uniform(0.55, 0.95, 60)]
+                + [row(False, r, 3) for r in rng.uniform(0.05, 0.45, 60)])
+    generated = ([row(True, r, 12) for r in rng.uniform(0.85, 1.0, 40)]
+                 + [row(False, r, 12) for r in rng.uniform(0.4, 0.8, 120)])
+    model = train.fit(labelled, generated)
+    assert model.coef[names.index("prompt_length")] < 0.0
+    short, long = train.decide(model, [row(True, 0.65, 3), row(True, 0.65, 12)])
+    assert short and not long

@@ -11,6 +11,7 @@ token vectors of the two prompts' own forward passes (:mod:`.alignment`).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -70,6 +71,7 @@ class PairFeatures:
     word_align_mean: float  # mean best counterpart of each differing word (contextual vectors)
     word_align_worst: float  # the differing word with the weakest counterpart
     one_sided_scales: float  # axes set by one side's own words only ("loud" added)
+    prompt_length: float  # log of the longer prompt's content words: more words, more to differ
 
     @classmethod
     def names(cls) -> list[str]:
@@ -94,4 +96,5 @@ def pair_features(
         word_align_mean=alignment.mean,
         word_align_worst=alignment.worst,
         one_sided_scales=float(one_sided_scales(a, b, lexicon)),
+        prompt_length=math.log(max(1, len(a.content), len(b.content))),
     )
