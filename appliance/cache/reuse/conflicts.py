@@ -16,8 +16,8 @@ from appliance.cache.reuse.analysis import PromptAnalysis, analyse_prompt, resid
 from appliance.cache.reuse.lexicon import Lexicon
 
 __all__ = [
-    "SUBSTITUTION_MIN_COSINE", "SUBSTITUTION_PHRASE_MIN_COSINE", "Similarity", "find_conflicts",
-    "one_sided_scales", "phrases_compared",
+    "SUBSTITUTION_MIN_COSINE", "SUBSTITUTION_PHRASE_MIN_COSINE", "Similarity", "embedding_conflicts",
+    "find_conflicts", "lexical_conflicts", "one_sided_scales",
 ]
 
 # One word swapped for one other word, everything else the same: reuse only when the two
@@ -41,6 +41,11 @@ def find_conflicts(
     a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon, similarity: Similarity
 ) -> list[str]:
     """Every reason the two prompts cannot share a clip (empty: no conflict)."""
+    return lexical_conflicts(a, b, lexicon) + embedding_conflicts(a, b, similarity)
+
+
+def lexical_conflicts(a: PromptAnalysis, b: PromptAnalysis, lexicon: Lexicon) -> list[str]:
+    """The reasons read off the words alone: scales, counts, negation, moved scale words."""
     reasons: list[str] = []
     only_a = a.content - b.content
     only_b = b.content - a.content
@@ -54,9 +59,16 @@ def find_conflicts(
     counts_a, counts_b = lexicon.counts_in(a), lexicon.counts_in(b)
     if counts_a and counts_b and counts_a != counts_b:
         reasons.append(f"count {sorted(counts_a)} vs {sorted(counts_b)}")
+    reasons += [f"{word!r} describes another sound" for word in _reattached_scale_words(a, b, lexicon)]
+    return reasons
+
+
+def embedding_conflicts(a: PromptAnalysis, b: PromptAnalysis, similarity: Similarity) -> list[str]:
+    """The reasons that need phrases embedded: reversed steps, a short phrase swapped for
+    another sound. The judge asks these last, of a candidate it would otherwise accept."""
+    reasons: list[str] = []
     if _reversed_order(a, b, similarity):
         reasons.append("the same steps in the reverse order")
-    reasons += [f"{word!r} describes another sound" for word in _reattached_scale_words(a, b, lexicon)]
     swapped = _short_swap(a, b)
     if swapped:
         single = " " not in swapped[0] and " " not in swapped[1]
@@ -64,13 +76,6 @@ def find_conflicts(
         if float(similarity([swapped[0]], [swapped[1]])[0, 0]) < bar:
             reasons.append(f"substitution: {swapped[0]} vs {swapped[1]}")
     return reasons
-
-
-def phrases_compared(a: PromptAnalysis, b: PromptAnalysis) -> list[str]:
-    """The phrases :func:`find_conflicts` will embed for this pair (to embed them in a batch)."""
-    swapped = _short_swap(a, b)
-    steps = [*a.steps, *b.steps] if len(a.steps) > 1 and len(b.steps) > 1 else []
-    return [*(swapped or ()), *steps]
 
 
 def _short_swap(a: PromptAnalysis, b: PromptAnalysis) -> tuple[str, str] | None:

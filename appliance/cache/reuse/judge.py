@@ -5,8 +5,13 @@ search returns cached prompts whose whole-prompt cosine is at least ``tau_semant
 low: a long paraphrase can sit at 0.55); the judge then decides for each candidate:
 
 1. the same prompt after normalisation: accept;
-2. a conflict (opposite poles of one scale, a count, a negation, reversed steps): refuse;
-3. otherwise the model's probability that the pair may share a clip, against ``tau_reuse``.
+2. a conflict read off the words (opposite poles of one scale, a count, a negation): refuse;
+3. the model's probability that the pair may share a clip, below ``tau_reuse``: refuse;
+4. a conflict that needs phrases embedded (reversed steps, a short phrase swapped for
+   another sound): refuse; otherwise accept.
+
+Steps 2 and 3 use only the two prompts' own forward passes (remembered), so a candidate
+costs a model pass only when it reaches step 4 — a hit pays for one, a miss seldom any.
 
 Every decision carries its reason and, past step 1, the features behind it, so that an
 operator calibrating on their own prompts can see why a candidate was taken or refused.
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from appliance.cache.keys import normalise_prompt
 from appliance.cache.reuse.alignment import TokenEncoder, WordVectorMemo, static_token_encoder
 from appliance.cache.reuse.analysis import analyse_prompt
-from appliance.cache.reuse.conflicts import find_conflicts, phrases_compared
+from appliance.cache.reuse.conflicts import embedding_conflicts, lexical_conflicts
 from appliance.cache.reuse.features import Embed, EmbeddingMemo, PairFeatures, pair_features
 from appliance.cache.reuse.lexicon import Lexicon, default_lexicon
 from appliance.cache.reuse.model import ReuseModel, default_model
@@ -86,14 +91,10 @@ class ReuseJudge:
         return self.model.threshold if t is None else t
 
     def prefetch(self, new_prompt: str, candidate_prompts: list[str]) -> None:
-        """Embed every phrase that judging these candidates will need, in one batch.
+        """Read the word vectors of these prompts in one batch (cached prompts not yet seen).
 
-        Optional: :meth:`decide` embeds what is missing itself, one call per candidate.
+        Optional: :meth:`decide` reads what is missing itself, one pass per prompt.
         """
-        a = analyse_prompt(new_prompt)
-        texts = [t for prompt in candidate_prompts for t in phrases_compared(a, analyse_prompt(prompt))]
-        if texts:
-            self._memo.vectors(texts)
         self._words.words([new_prompt, *candidate_prompts])
 
     def decide(self, new_prompt: str, candidate_prompt: str, cosine: float) -> ReuseDecision:
@@ -106,11 +107,16 @@ class ReuseJudge:
                 False, 0.0, cos, f"cosine {cos:.3f} below tau_semantic {self.thresholds.tau_semantic:.3f}"
             )
         a, b = analyse_prompt(new_prompt), analyse_prompt(candidate_prompt)
-        conflicts = tuple(find_conflicts(a, b, self.lexicon, self._memo.similarity))
+        conflicts = tuple(lexical_conflicts(a, b, self.lexicon))
         if conflicts:
             return ReuseDecision(False, 0.0, cos, "conflict: " + "; ".join(conflicts), conflicts)
         features = pair_features(a, b, cos, self._words, self.lexicon)
         p = self.model.probability(features)
-        verdict = ">=" if p >= self.tau_reuse else "below"
-        reason = f"reuse probability {p:.3f} {verdict} tau_reuse {self.tau_reuse:.3f}"
-        return ReuseDecision(p >= self.tau_reuse, p, cos, reason, (), features)
+        if p < self.tau_reuse:
+            reason = f"reuse probability {p:.3f} below tau_reuse {self.tau_reuse:.3f}"
+            return ReuseDecision(False, p, cos, reason, (), features)
+        conflicts = tuple(embedding_conflicts(a, b, self._memo.similarity))
+        if conflicts:
+            return ReuseDecision(False, 0.0, cos, "conflict: " + "; ".join(conflicts), conflicts, features)
+        reason = f"reuse probability {p:.3f} >= tau_reuse {self.tau_reuse:.3f}"
+        return ReuseDecision(True, p, cos, reason, (), features)

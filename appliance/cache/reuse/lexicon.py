@@ -47,11 +47,31 @@ class Lexicon:
         """axis -> the poles ``prompt`` names; with ``only``, through those words/lemmas only."""
         keep = None if only is None else set(only)
         found: dict[str, set[str]] = {}
+        for token in set(prompt.lemmas) | set(prompt.words):
+            if keep is None or token in keep:
+                for axis, pole in self._single_words.get(token, ()):
+                    found.setdefault(axis, set()).add(pole)
+        for phrase, axis, pole in self._phrases:
+            if _mentions(prompt, phrase, keep):
+                found.setdefault(axis, set()).add(pole)
+        return found
+
+    @cached_property
+    def _single_words(self) -> dict[str, list[tuple[str, str]]]:
+        """lemma -> the (axis, pole) pairs it names (an index, derived once)."""
+        index: dict[str, list[tuple[str, str]]] = {}
         for axis, poles in self.axes.items():
             for pole, words in poles.items():
-                if any(_mentions(prompt, w, keep) for w in words):
-                    found.setdefault(axis, set()).add(pole)
-        return found
+                for word in words:
+                    if " " not in word:
+                        index.setdefault(word, []).append((axis, pole))
+        return index
+
+    @cached_property
+    def _phrases(self) -> list[tuple[str, str, str]]:
+        """(phrase, axis, pole) for every multi-word entry (derived once)."""
+        return [(w, axis, pole) for axis, poles in self.axes.items() for pole, words in poles.items()
+                for w in sorted(words) if " " in w]
 
     @cached_property
     def scale_lemmas(self) -> frozenset[str]:
