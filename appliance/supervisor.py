@@ -457,7 +457,7 @@ class Supervisor:
         if result.evicted:
             self._metrics.cache_evictions.inc(len(result.evicted))
         if self._semantic is not None and vector is not None:
-            self._semantic.added(item.key, vector, result)
+            self._semantic.added(item.key, vector, result, item.prompt)
         totals = self._cache.totals()
         self._metrics.cache_items.set(totals.items)
         self._metrics.cache_bytes.set(totals.bytes)

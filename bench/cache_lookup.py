@@ -66,6 +66,7 @@ Matrix = npt.NDArray[np.float32]
 DEFAULT_CSV = REPO / "bench" / "data" / "audiocaps_val.csv"
 MODEL = "bench-model"
 DURATION_S = 5.0
+MAP_SIZE_BYTES = 4 * 1024**3  # 100 k items and more: the 256 MiB default is for an appliance
 AUDIO = b"RIFF" + bytes(60)  # the bytes are never decoded; their size does not matter here
 
 
@@ -145,7 +146,7 @@ def fast_fill() -> Iterator[None]:
 
 def fill(directory: Path, prompts: list[str], vectors: Matrix) -> None:
     with fast_fill():
-        store = CacheStore(directory)
+        store = CacheStore(directory, map_size_bytes=MAP_SIZE_BYTES)
         now = time.time()
         for prompt, vector in zip(prompts, vectors, strict=True):
             item = CacheItem(
@@ -182,7 +183,7 @@ def cache_figures(
             stored_prompts += prompts
             fill_s = time.perf_counter() - t0
 
-            store = CacheStore(directory)
+            store = CacheStore(directory, map_size_bytes=MAP_SIZE_BYTES)
             judge = ReuseJudge(embedder.embed, DEFAULT_THRESHOLDS, token_vectors=embedder.token_vectors)
             semantic = SemanticCache(store, judge,
                                      dimension=real.shape[1], top_k=8)
@@ -211,6 +212,11 @@ def cache_figures(
             s50, s99 = quantiles(wall)
             sc50, _ = quantiles(cpu_s)
             hit_rate = sum(r is not None for r in results) / len(results)
+            # again: the candidates' word vectors are now remembered, as in a service for
+            # every clip it generated itself (SemanticCache.added) or judged before
+            wall, _, results = timed(find, pairs)
+            w50, w99 = quantiles(wall)
+            h50, h99 = quantiles([w for w, r in zip(wall, results, strict=True) if r is not None])
 
             wall, _, _ = timed(embed_find, queries)
             i50, i99 = quantiles(wall)
@@ -219,12 +225,16 @@ def cache_figures(
                   f"{1000 * rebuild_s:.0f} ms, pruning={semantic_index_pruning(semantic)})")
             print(f"   exact lookup      p50 {e50:.3f} ms  p99 {e99:.3f} ms  (500 hits + 500 misses)")
             print(f"   semantic, no emb  p50 {s50:.3f} ms  p99 {s99:.3f} ms  (cpu p50 {sc50:.3f} ms; "
-                  f"hit rate {hit_rate:.2f} over {len(queries)} held-out captions)")
+                  f"hit rate {hit_rate:.2f} over {len(queries)} held-out captions; candidates cold)")
+            print(f"   semantic, no emb  p50 {w50:.3f} ms  p99 {w99:.3f} ms  (candidates' word vectors "
+                  f"remembered; the hits alone: p50 {h50:.3f} ms  p99 {h99:.3f} ms)")
             print(f"   semantic + embed  p50 {i50:.3f} ms  p99 {i99:.3f} ms")
             tag = f"{size // 1000}k"
             headline.update({
                 f"exact_p50_ms_{tag}": f"{e50:.3f}", f"exact_p99_ms_{tag}": f"{e99:.3f}",
                 f"semantic_p50_ms_{tag}": f"{s50:.3f}", f"semantic_p99_ms_{tag}": f"{s99:.3f}",
+                f"semantic_warm_p50_ms_{tag}": f"{w50:.3f}", f"semantic_warm_p99_ms_{tag}": f"{w99:.3f}",
+                f"semantic_hit_p50_ms_{tag}": f"{h50:.3f}", f"semantic_hit_p99_ms_{tag}": f"{h99:.3f}",
                 f"semantic_embed_p50_ms_{tag}": f"{i50:.2f}", f"semantic_embed_p99_ms_{tag}": f"{i99:.2f}",
                 f"rebuild_ms_{tag}": f"{1000 * rebuild_s:.0f}",
             })

@@ -354,3 +354,29 @@ def test_a_model_trained_on_short_prompts_only_declines_long_ones() -> None:
     assert model.coef[names.index("prompt_length")] < 0.0
     short, long = train.decide(model, [row(True, 0.65, 3), row(True, 0.65, 12)])
     assert short and not long
+
+
+def test_a_clip_this_service_generated_is_judged_without_a_model_pass(
+    store: CacheStore, embedder: PromptEmbedder
+) -> None:
+    """SemanticCache.added(prompt=...) remembers the new item's word vectors while the
+    embedder still holds them: the next lookup that meets it as a candidate runs no
+    token pass for it (only for its own new prompt, which the embedder also holds)."""
+    encoded: list[str] = []
+
+    def counting_tokens(texts: list[str]) -> list[TokenVectors]:
+        encoded.extend(texts)
+        return embedder.token_vectors(texts)
+
+    judge = ReuseJudge(embedder.embed, token_vectors=counting_tokens)
+    semantic = SemanticCache(store, judge, dimension=embedder.dimension, top_k=8)
+    semantic.sync()
+    compat = Compatibility(model="m", loop=False, duration_s=4.0, duration_tolerance_s=0.5)
+    generated = _item("a heavy door creaking open slowly in an old house", duration=4.0)
+    vector = embedder.embed([generated.prompt])[0]  # the lookup that missed
+    result = store.put(generated, b"x", max_items=100, max_bytes=10**9, prompt_vector=vector)
+    semantic.added(generated.key, vector, result, generated.prompt)
+    assert encoded == [generated.prompt]
+    query = "an old house where a heavy door creaks slowly open"
+    semantic.find(query, embedder.embed([query])[0], compat)
+    assert generated.prompt not in encoded[1:], encoded

@@ -148,8 +148,14 @@ class SemanticCache:
                 return found[: self._top_k]
             k *= 4
 
-    def added(self, key: str, vector: Vector, result: PutResult) -> None:
-        """Keep the index in step with our own write (no rebuild unless someone else wrote)."""
+    def added(self, key: str, vector: Vector, result: PutResult, prompt: str | None = None) -> None:
+        """Keep the index in step with our own write (no rebuild unless someone else wrote).
+
+        With ``prompt``, the judge remembers its word vectors now, while the embedder still
+        holds them from the lookup that missed: its first judgement as a candidate then costs
+        no model pass."""
+        if prompt is not None:
+            self._judge.prefetch(prompt, [])
         with self._lock:
             for evicted in result.evicted:
                 self._index.remove(evicted)
