@@ -151,9 +151,10 @@ class SemanticCache:
     def added(self, key: str, vector: Vector, result: PutResult, prompt: str | None = None) -> None:
         """Keep the index in step with our own write (no rebuild unless someone else wrote).
 
-        With ``prompt``, the judge remembers its word vectors now, while the embedder still
-        holds them from the lookup that missed: its first judgement as a candidate then costs
-        no model pass."""
+        With ``prompt``, the judge remembers its word vectors now: usually free, as the
+        embedder still holds them from the lookup that missed (its last 256 prompts); else one
+        token pass here, after the generation, rather than in a later lookup that meets this
+        clip as a candidate."""
         if prompt is not None:
             self._judge.prefetch(prompt, [])
         with self._lock:
